@@ -1,4 +1,4 @@
-"""Schema migrations with Alembic, run programmatically: the app, CLI and worker upgrade on start."""
+"""Alembic migrations, run programmatically: the app, CLI and worker upgrade on start."""
 
 from __future__ import annotations
 

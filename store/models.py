@@ -1,4 +1,4 @@
-"""SQLModel tables: projects, volumes, items, immutable label versions, users, audit, models, jobs."""
+"""SQLModel tables: projects, volumes, items, label versions, users, audit, models, jobs."""
 
 from __future__ import annotations
 

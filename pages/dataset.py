@@ -1,0 +1,48 @@
+"""Dataset: the projects, their items per split, and a thumbnail grid of their images."""
+
+import streamlit as st
+
+from pipeline.imaging import thumbnail
+from store import queries
+
+store = st.session_state["store"]
+
+st.title("Dataset")
+with store.session() as s:
+    projects = queries.projects(s)
+if not projects:
+    st.info("No projects yet. Create the demo with `medloop demo`, or import images with "
+            "`medloop ingest PATH --project NAME --classes lesion:1`.")
+    st.stop()
+
+names = [p.name for p in projects]
+project = projects[names.index(st.selectbox("Project", names))]
+with store.session() as s:
+    splits = queries.split_counts(s, project.id)
+    labels = queries.label_counts(s, project.id)
+
+cols = st.columns(5)
+cols[0].metric("Items", sum(splits.values()))
+cols[1].metric("Train", splits.get("train", 0))
+cols[2].metric("Holdout", splits.get("holdout", 0))
+cols[3].metric("Test", splits.get("test", 0))
+cols[4].metric("Ground truth", labels.get("ground_truth", 0))
+st.caption(f"Modality {project.modality} · classes: "
+           + ", ".join(f"{c['name']} ({c['value']})" for c in project.label_classes))
+
+total = sum(splits.values())
+per_page = 24
+pages = max(1, -(-total // per_page))
+page = st.number_input("Page", 1, pages, 1, help=f"{pages} pages of {per_page}") if pages > 1 else 1
+with store.session() as s:
+    items = queries.items_page(s, project.id, (page - 1) * per_page, per_page)
+
+grid = st.columns(6)
+for i, item in enumerate(items):
+    where = f"slice {item.slice_index}" if item.slice_index is not None else "image"
+    with grid[i % 6]:
+        try:
+            st.image(thumbnail(store.blobs.get_array(item.blob)), width="stretch")
+        except Exception as exc:  # a missing or damaged blob must not take the page down
+            st.error(str(exc))
+        st.caption(f"#{item.id} · {item.modality} · {where} · {item.split.value}")
