@@ -73,7 +73,8 @@ case "$MODE" in
     trap 'kill $WORKER 2>/dev/null || true' EXIT INT TERM
     echo "==> medloop on http://localhost:8501 (worker pid $WORKER); Ctrl-C stops both"
     .venv/bin/streamlit run app.py --server.port 8501 --server.headless true \
-      --browser.gatherUsageStats false --server.fileWatcherType none
+      --browser.gatherUsageStats false --server.fileWatcherType none \
+      --client.toolbarMode viewer
     ;;
   test)
     ensure_debian chromium

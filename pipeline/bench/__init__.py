@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes CSV; none is a timed test."""

@@ -1,0 +1,117 @@
+"""The embedded demo, the worker process, and the app: AppTest and a real browser."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import select
+from streamlit.testing.v1 import AppTest
+
+from pipeline.demo import BRAIN_PROJECT, DICOM_PROJECT, create_demo
+from store.jobs import enqueue
+from store.models import Item, Job, JobStatus, Label, LabelKind, Project, User
+from store.users import check_password
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def test_demo_is_real_data_and_runs_once(store):
+    first = create_demo(store)
+    assert sorted(first.created_projects) == sorted([BRAIN_PROJECT, DICOM_PROJECT])
+    assert set(first.passwords) == {"clinician", "curator", "admin"}
+    with store.session() as s:
+        for name, pw in first.passwords.items():
+            user = s.exec(select(User).where(User.name == name)).one()
+            assert user.role.value == name and pw not in user.password_hash
+            assert check_password(pw, user.password_hash)
+        brain = s.exec(select(Project).where(Project.name == BRAIN_PROJECT)).one()
+        items = s.exec(select(Item).where(Item.project_id == brain.id)).all()
+        assert len(items) > 40 and all(i.shape == [233, 197] for i in items)
+        gts = s.exec(select(Label).join(Item).where(Item.project_id == brain.id)).all()
+        assert len(gts) == len(items) and {g.kind for g in gts} == {LabelKind.ground_truth}
+        mid = store.blobs.get_array(gts[len(gts) // 2].mask_blob)
+        assert set(np.unique(mid)) == {0, 1, 2}  # grey and white matter in a mid-brain slice
+        dicom = s.exec(select(Item).join(Project).where(Project.name == DICOM_PROJECT)).all()
+        assert sorted(i.modality for i in dicom) == ["CT", "MR"]
+    again = create_demo(store)
+    assert again.created_projects == [] and again.passwords == {}
+
+
+def test_worker_process_runs_and_fails_unknown_jobs_clearly(sqlite_store):
+    with sqlite_store.session() as s:
+        job_id = enqueue(s, "teleport", "tester").id
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "worker", "--once"],
+                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    with sqlite_store.session() as s:
+        job = s.get(Job, job_id)
+    assert job.status == JobStatus.failed and "no handler for 'teleport'" in job.error
+
+
+def test_dataset_page_lists_demo_projects(sqlite_store):
+    create_demo(sqlite_store)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert at.selectbox[0].options == [BRAIN_PROJECT, DICOM_PROJECT]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Items"] == metrics["Ground truth"] != "0"
+    assert len(at.get("image")) == 24  # the first page of thumbnails
+    at.selectbox[0].select(DICOM_PROJECT).run()
+    assert {m.label: m.value for m in at.metric}["Items"] == "2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_app_in_chromium_shows_mni_slices(sqlite_store):
+    pytest.importorskip("playwright")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian chromium missing: run the tests through scripts/bootstrap.sh test")
+    from playwright.sync_api import sync_playwright
+
+    create_demo(sqlite_store)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
+         str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_text("Dataset").first.wait_for(timeout=60_000)
+            page.get_by_text("slice 0 · train").wait_for(timeout=60_000)
+            images = page.locator("[data-testid='stImage'] img")
+            images.nth(23).wait_for(timeout=60_000)
+            assert images.count() == 24
+            # A real picture, not a broken image: the browser decoded it.
+            assert page.evaluate("(img) => img.naturalWidth", images.nth(10).element_handle()) > 0
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dataset.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
