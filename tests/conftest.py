@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import create_engine, text
 
 from store.db import Store
 from store.projects import create_project
+from store.scratch import scratch_postgres
 from store.settings import load_settings
 
 # On a busy 2-core machine torch with 2 threads ran small ops 10-60x slower than with 1.
@@ -31,20 +30,8 @@ def _pg_database():
             pytest.fail("MEDLOOP_TEST_PG_URL is not set: run the tests with "
                         "`bash scripts/bootstrap.sh test`, which starts PostgreSQL")
         pytest.skip("PostgreSQL not started (run through scripts/bootstrap.sh test)")
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"medloop_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_postgres(PG_URL, "medloop_test") as url:
         yield url
-    finally:
-        from store.db import engine_for
-
-        engine_for(url).dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -10,16 +10,17 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from pipeline.ingest import ingest
-from store.db import Store, engine_for
+from store.db import Store
 from store.projects import create_project
+from store.scratch import scratch_postgres
 from store.settings import load_settings
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2].parent / "shared/data/radiomics/lung1"
@@ -33,40 +34,28 @@ def _db_bytes(store: Store) -> int:
 
 
 def _one_run(db: str, case: Path, pg_url: str | None) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         data = Path(tmp)
-        admin, dbname = None, None
         if db == "sqlite":
             url = f"sqlite:///{data / 'medloop.db'}"
         else:
-            admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-            dbname = f"medloop_bench_{uuid.uuid4().hex[:8]}"
-            with admin.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{dbname}"'))
-            url = pg_url.rsplit("/", 1)[0] + "/" + dbname
-        try:
-            store = Store(replace(load_settings(), data_dir=data, database_url=url))
-            store.upgrade()
-            with store.session() as s:
-                project = create_project(s, "bench", "CT", [{"name": "lesion", "value": 1,
-                                                             "color": "#ff0000"}], "bench")
-            image = case.parent / f"{case.name}_image.nii.gz"
-            mask = case.parent / f"{case.name}_label.nii.gz"
-            db_before = _db_bytes(store)  # an empty schema is not per-slice cost
-            t0 = time.perf_counter()
-            report = ingest(store, project, [image], masks=[mask], actor="bench")
-            seconds = time.perf_counter() - t0
-            assert not report.rejected, report.rejected
-            db_bytes, blob_bytes = _db_bytes(store) - db_before, store.blobs.total_bytes()
-            return {"database": db, "slices": report.n_items, "seconds": seconds,
-                    "slices_per_s": report.n_items / seconds, "db_bytes": db_bytes,
-                    "blob_bytes": blob_bytes}
-        finally:
-            if admin is not None:
-                engine_for(url).dispose()
-                with admin.connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
-                admin.dispose()
+            url = stack.enter_context(scratch_postgres(pg_url, "medloop_bench"))
+        store = Store(replace(load_settings(), data_dir=data, database_url=url))
+        store.upgrade()
+        with store.session() as s:
+            project = create_project(s, "bench", "CT", [{"name": "lesion", "value": 1,
+                                                         "color": "#ff0000"}], "bench")
+        image = case.parent / f"{case.name}_image.nii.gz"
+        mask = case.parent / f"{case.name}_label.nii.gz"
+        db_before = _db_bytes(store)  # an empty schema is not per-slice cost
+        t0 = time.perf_counter()
+        report = ingest(store, project, [image], masks=[mask], actor="bench")
+        seconds = time.perf_counter() - t0
+        assert not report.rejected, report.rejected
+        db_bytes, blob_bytes = _db_bytes(store) - db_before, store.blobs.total_bytes()
+        return {"database": db, "slices": report.n_items, "seconds": seconds,
+                "slices_per_s": report.n_items / seconds, "db_bytes": db_bytes,
+                "blob_bytes": blob_bytes}
 
 
 def run(case: Path, pg_url: str | None, repeats: int, out_csv: Path) -> pd.DataFrame:
