@@ -129,6 +129,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipeline.fm import fetch_weights
+
+    bar = tqdm(unit="B", unit_scale=True, disable=args.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    path = fetch_weights(args.name, args.dest, url=args.url, sha256=args.sha256,
+                         progress=progress)
+    bar.close()
+    kind = args.name
+    print(f"{path}\nuse it with: MEDLOOP_FM_KIND={kind} MEDLOOP_FM_CHECKPOINT={path}")
+    return 0
+
+
+def cmd_fm(args: argparse.Namespace) -> int:
+    from pipeline.fm import load_foundation_model
+
+    fm = load_foundation_model()
+    print(f"kind:       {fm.kind}\nversion:    {fm.version}\ninput:      {fm.input_size} px"
+          f"\ncheckpoint: {fm.checkpoint_path}\nsha256:     {fm.checkpoint_sha256}"
+          f"\nprompts:    {', '.join(sorted(fm.trained_prompts))}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "ingest":
         from pipeline.bench.ingest import main as bench_main
@@ -172,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--poll", type=float, default=1.0)
     wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
     wrk.set_defaults(fn=cmd_worker)
+
+    wts = sub.add_parser("weights", help="download SAM / MedSAM checkpoints (sha256 checked)")
+    wts.add_argument("action", choices=["fetch"])
+    wts.add_argument("name", help="sam_vit_b, medsam_vit_b, ...")
+    wts.add_argument("--dest", type=Path, default=Path.home() / ".cache" / "medloop" / "weights")
+    wts.add_argument("--url", help="download from here instead of the official address")
+    wts.add_argument("--sha256", help="expected sha256 (needed where none is known)")
+    wts.add_argument("--quiet", action="store_true")
+    wts.set_defaults(fn=cmd_weights)
+
+    sub.add_parser("fm", help="show the configured foundation model and its sha256"
+                   ).set_defaults(fn=cmd_fm)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
     bench.add_argument("what", choices=["ingest", "fm"])

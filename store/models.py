@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, event
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
 from sqlmodel import Field, SQLModel
 
 from store.errors import MedloopError
@@ -105,7 +105,10 @@ class Item(SQLModel, table=True):
     split: Split
     # For synthetic items: generator, settings, condition mask (later issues).
     provenance: dict | None = _json()
-    priority: float = 0.0
+    priority: float = Field(default=0.0, index=True)
+    # A reviewer's lease: nobody else is handed the item until it expires.
+    leased_by: int | None = Field(default=None, foreign_key="user.id")
+    lease_expires_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -137,6 +140,8 @@ class ModelVersion(SQLModel, table=True):
 class Label(SQLModel, table=True):
     """An immutable label version. A new action is a new row pointing to its parent."""
 
+    __table_args__ = (Index("ix_label_item_kind", "item_id", "kind"),)
+
     id: int | None = Field(default=None, primary_key=True)
     item_id: int = Field(foreign_key="item.id", index=True)
     parent_id: int | None = Field(default=None, foreign_key="label.id")
@@ -150,6 +155,29 @@ class Label(SQLModel, table=True):
     seconds_spent: float | None = None
     interactions: int | None = None
     reason: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReviewSkip(SQLModel, table=True):
+    """A reviewer passed on an item: it is not handed to that reviewer again."""
+
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ItemEmbedding(SQLModel, table=True):
+    """A cached FM image embedding (fp16 blob) of an item, valid for one encoder version."""
+
+    __table_args__ = (UniqueConstraint("item_id", "fm_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    fm_version: str = Field(index=True)
+    blob: str
     created_at: datetime = Field(default_factory=utcnow)
 
 
