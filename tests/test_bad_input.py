@@ -10,10 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from phi_dicom import make_phi_dicom
 from pydicom.data import get_testdata_file
 from sqlmodel import select
 
+from phi_dicom import make_phi_dicom
 from pipeline.ingest import ingest
 from store.errors import NotFound
 from store.models import AuditEvent, Item, Label, Volume
@@ -112,6 +112,7 @@ def test_4d_with_a_chosen_frame_imports_that_frame(sqlite_store, tmp_path):
 def test_a_failure_while_storing_removes_the_blobs_it_wrote(sqlite_store, tmp_path):
     """The project was deleted underneath the import: the series is not stored, no blobs stay."""
     from sqlalchemy import text
+
     from tests_helpers import make_project_simple
 
     project = make_project_simple(sqlite_store)

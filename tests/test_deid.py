@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from phi_dicom import PRIVATE_VALUE, make_phi_dicom, phi_pixels
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage
 
+from phi_dicom import PRIVATE_VALUE, make_phi_dicom, phi_pixels
 from pipeline.deid import DEID_METHOD, deidentify, has_burned_in_phi, header_json, patient_pseudonym
 from store.errors import InvalidInput
 

@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from phi_dicom import make_phi_dicom, phi_pixels
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from sqlalchemy import text
 from sqlmodel import SQLModel, select
 
+from phi_dicom import make_phi_dicom, phi_pixels
 from pipeline.imaging import uncut_slice
 from pipeline.ingest import ingest
 from store.models import Item, Label, LabelKind, Split, Volume
