@@ -1,13 +1,33 @@
-"""medloop's Streamlit entry: opens the store (upgrading its schema) and routes to the pages."""
+"""medloop's Streamlit entry: sign-in, then the pages this user's role may open."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
 from store.db import Store
+from store.errors import MedloopError
+from store.models import Role
+from store.settings import load_settings
+
+# A signed-in browser session ends after a working day (MEDLOOP_SESSION_HOURS).
+SESSION_SECONDS = float(os.environ.get("MEDLOOP_SESSION_HOURS") or 8) * 3600
+PAGES = {  # page file -> (title, icon, lowest role that may open it)
+    "pages/review.py": ("Review", ":material/fact_check:", Role.clinician),
+    "pages/dataset.py": ("Dataset", ":material/photo_library:", Role.curator),
+    "pages/admin.py": ("Admin", ":material/admin_panel_settings:", Role.admin),
+}
+RANK = {Role.clinician: 1, Role.curator: 2, Role.admin: 3}
 
 
 @st.cache_resource
-def get_store() -> Store:
-    store = Store()
+def get_store(data_dir: str, database_url: str) -> Store:
+    """One store per configuration (keyed so a changed environment gets its own)."""
+    store = Store(replace(load_settings(), data_dir=Path(data_dir), database_url=database_url))
     store.upgrade()
     return store
 
@@ -20,14 +40,67 @@ def get_fm():
     return try_load_foundation_model()
 
 
+def sign_in() -> None:
+    from store.auth import authenticate
+
+    store = st.session_state["store"]
+    if st.session_state.pop("expired", False):
+        st.info("Your session expired: sign in again.")
+    st.title("medloop")
+    st.caption("Sign in with your medloop account.")
+    with st.form("sign-in"):
+        name = st.text_input("User name")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        with store.session() as s:
+            user, why = authenticate(s, name.strip(), password)
+            if user is not None:
+                st.session_state["user"] = {"id": user.id, "name": user.name,
+                                            "role": user.role.value,
+                                            "since": time.time()}
+        if user is None:
+            st.error(why)
+        else:
+            st.rerun()
+
+
+def signed_in_user() -> dict | None:
+    user = st.session_state.get("user")
+    if user and time.time() - user["since"] > SESSION_SECONDS:
+        st.session_state.clear()
+        st.session_state["expired"] = True
+        return None
+    return user
+
+
 st.set_page_config(page_title="medloop", page_icon="🩻", layout="wide")
-st.session_state["store"] = get_store()
+settings = load_settings()
+store = get_store(str(settings.data_dir), settings.database_url)
+user = signed_in_user()
+st.session_state["store"] = store
+if user is None:
+    # Always through st.navigation: without it Streamlit falls back to serving every file in
+    # pages/ by URL, sign-in or not.
+    login_page = st.Page(sign_in, title="Sign in", icon=":material/login:")
+    st.navigation([login_page], position="hidden").run()
+    st.stop()
+
+role = Role(user["role"])
+allowed = [st.Page(path, title=title, icon=icon)
+           for path, (title, icon, minimum) in PAGES.items() if RANK[role] >= RANK[minimum]]
 fm, fm_problem = get_fm()
 st.session_state["fm"] = fm
 with st.sidebar:
+    st.markdown(f"**{user['name']}** · {role.value}")
+    if st.button("Sign out"):
+        st.session_state.clear()
+        st.rerun()
     if fm is None:
         st.warning(fm_problem)
     else:
         st.caption(f"Proposals by {fm.version} (sha256 {fm.checkpoint_sha256[:12]}…)")
-nav = st.navigation([st.Page("pages/dataset.py", title="Dataset", icon="🗂️", default=True)])
-nav.run()
+try:
+    st.navigation(allowed).run()
+except MedloopError as exc:  # a user-caused problem: its message, never a traceback
+    st.error(str(exc))

@@ -58,7 +58,12 @@ def test_worker_process_runs_and_fails_unknown_jobs_clearly(sqlite_store):
 
 def test_dataset_page_lists_demo_projects(sqlite_store):
     create_demo(sqlite_store)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    with sqlite_store.session() as s:
+        curator = s.exec(select(User).where(User.name == "curator")).one()
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.session_state["user"] = {"id": curator.id, "name": "curator", "role": "curator",
+                                "since": time.time()}
+    at.run().switch_page("pages/dataset.py").run()
     assert not at.exception
     assert at.selectbox[0].options == [BRAIN_PROJECT, DICOM_PROJECT]
     metrics = {m.label: m.value for m in at.metric}
@@ -81,7 +86,7 @@ def test_app_in_chromium_shows_mni_slices(sqlite_store):
         pytest.fail("Debian chromium missing: run the tests through scripts/bootstrap.sh test")
     from playwright.sync_api import sync_playwright
 
-    create_demo(sqlite_store)
+    passwords = create_demo(sqlite_store).passwords
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
@@ -102,6 +107,10 @@ def test_app_in_chromium_shows_mni_slices(sqlite_store):
                 "--disable-component-update", "--no-first-run"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_label("User name").fill("curator")
+            page.get_by_role("textbox", name="Password").fill(passwords["curator"])
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("link", name="Dataset").click()
             page.get_by_text("Dataset").first.wait_for(timeout=60_000)
             page.get_by_text("slice 0 · train").wait_for(timeout=60_000)
             images = page.locator("[data-testid='stImage'] img")
