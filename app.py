@@ -40,13 +40,38 @@ def get_fm():
     return try_load_foundation_model()
 
 
+def oidc_configured() -> bool:
+    """st.login is offered when .streamlit/secrets.toml has an [auth] section (OIDC)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        return False
+
+
+def remember(user) -> None:  # noqa: ANN001
+    st.session_state["user"] = {"id": user.id, "name": user.name, "role": user.role.value,
+                                "since": time.time()}
+
+
 def sign_in() -> None:
-    from store.auth import authenticate
+    from store.auth import authenticate, sso_login
 
     store = st.session_state["store"]
     if st.session_state.pop("expired", False):
         st.info("Your session expired: sign in again.")
     st.title("medloop")
+    if oidc_configured():
+        if getattr(st.user, "is_logged_in", False):
+            with store.session() as s:
+                user, why = sso_login(s, st.user.get("email"))
+                if user is not None:
+                    remember(user)
+            if user is None:
+                st.error(why)
+            else:
+                st.rerun()
+        st.button("Sign in with your organisation's account", on_click=st.login)
+        st.divider()
     st.caption("Sign in with your medloop account.")
     with st.form("sign-in"):
         name = st.text_input("User name")
@@ -56,9 +81,7 @@ def sign_in() -> None:
         with store.session() as s:
             user, why = authenticate(s, name.strip(), password)
             if user is not None:
-                st.session_state["user"] = {"id": user.id, "name": user.name,
-                                            "role": user.role.value,
-                                            "since": time.time()}
+                remember(user)
         if user is None:
             st.error(why)
         else:

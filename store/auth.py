@@ -58,3 +58,20 @@ def authenticate(session: Session, name: str, password: str) -> tuple[User | Non
     session.add(user)
     audit.record(session, name, "auth.login", "user", user.id)
     return user, ""
+
+
+def sso_login(session: Session, email: str | None) -> tuple[User | None, str]:
+    """Map an identity the organisation's OIDC provider vouched for to a local account.
+
+    Roles stay in medloop: the account must exist (named by the e-mail) and be enabled.
+    """
+    if not email:
+        return None, "the identity provider sent no e-mail address: ask IT to release it"
+    user = session.exec(select(User).where(User.name == email)).first()
+    if user is None:
+        audit.record(session, email, "auth.fail", "user", None, reason="no account", sso=True)
+        return None, f"no medloop account for {email}: ask an admin to create one"
+    if user.disabled:
+        return None, "this account is disabled: ask an admin"
+    audit.record(session, email, "auth.login", "user", user.id, sso=True)
+    return user, ""

@@ -190,3 +190,16 @@ def test_concurrent_leases_never_hand_out_the_same_item(store, queue):
         t.join()
     assert sorted(got.values()) == sorted(set(got.values()))
     assert None not in got.values()
+
+
+def test_sso_identities_map_to_existing_enabled_accounts(store):
+    from store.auth import sso_login
+
+    with store.session() as s:
+        create_user(s, "dr.lee@hospital.example", "curator", "a long password", "admin")
+    with store.session() as s:
+        user, why = sso_login(s, "dr.lee@hospital.example")
+        assert user.role.value == "curator" and why == ""
+        nobody, why = sso_login(s, "eve@elsewhere.example")
+        assert nobody is None and "ask an admin to create one" in why
+        assert sso_login(s, None)[0] is None
