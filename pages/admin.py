@@ -5,6 +5,11 @@ from datetime import UTC, datetime, time, timedelta
 import pandas as pd
 import streamlit as st
 
+if "user" not in st.session_state or "store" not in st.session_state:
+    # Reached by URL without app.py (Streamlit serves pages/ files before the entry script
+    # has declared its navigation): go through sign-in.
+    st.switch_page("app.py")
+
 from store import admin
 from store.errors import MedloopError
 from store.models import Role

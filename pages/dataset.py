@@ -2,6 +2,11 @@
 
 import streamlit as st
 
+if "user" not in st.session_state or "store" not in st.session_state:
+    # Reached by URL without app.py (Streamlit serves pages/ files before the entry script
+    # has declared its navigation): go through sign-in.
+    st.switch_page("app.py")
+
 from pipeline.imaging import thumbnail
 from store import queries
 

@@ -164,6 +164,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench.ingest import main as bench_main
     elif args.what == "fm":
         from pipeline.bench.fm import main as bench_main
+    elif args.what == "review":
+        from pipeline.bench.review import main as bench_main
     return bench_main(args.rest)
 
 
@@ -216,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(fn=cmd_fm)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
-    bench.add_argument("what", choices=["ingest", "fm"])
+    bench.add_argument("what", choices=["ingest", "fm", "review"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
     return p

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,13 @@ import pytest
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
+from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app
 from pipeline.demo import BRAIN_PROJECT, DICOM_PROJECT, create_demo
 from store.jobs import enqueue
 from store.models import Item, Job, JobStatus, Label, LabelKind, Project, User
 from store.users import check_password
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
 
 
 def test_demo_is_real_data_and_runs_once(store):
@@ -73,54 +72,23 @@ def test_dataset_page_lists_demo_projects(sqlite_store):
     assert {m.label: m.value for m in at.metric}["Items"] == "2"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_app_in_chromium_shows_mni_slices(sqlite_store):
-    pytest.importorskip("playwright")
-    if not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian chromium missing: run the tests through scripts/bootstrap.sh test")
-    from playwright.sync_api import sync_playwright
-
+    require_browser()
     passwords = create_demo(sqlite_store).passwords
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
-         str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_label("User name").fill("curator")
-            page.get_by_role("textbox", name="Password").fill(passwords["curator"])
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="Dataset").click()
-            page.get_by_text("Dataset").first.wait_for(timeout=60_000)
-            page.get_by_text("slice 0 · train").wait_for(timeout=60_000)
-            images = page.locator("[data-testid='stImage'] img")
-            images.nth(23).wait_for(timeout=60_000)
-            assert images.count() == 24
-            # A real picture, not a broken image: the browser decoded it.
-            assert page.evaluate("(img) => img.naturalWidth", images.nth(10).element_handle()) > 0
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dataset.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with streamlit_app() as url, chromium_page(width=1400) as page:
+        sign_in(page, url, "curator", passwords["curator"])
+        page.get_by_role("link", name="Dataset").click()
+        page.get_by_text("slice 0 · train").wait_for(timeout=60_000)
+        images = page.locator("[data-testid='stImage'] img")
+        images.nth(23).wait_for(timeout=60_000)
+        assert images.count() == 24
+        # A real picture, not a broken image: the browser decoded it.
+        assert page.evaluate("(img) => img.naturalWidth", images.nth(10).element_handle()) > 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dataset.png"), full_page=True)
+    # Signed out, a page's URL leads to the sign-in form, never to the page.
+    with streamlit_app() as url, chromium_page() as page:
+        page.goto(f"{url}/admin")
+        page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+        assert page.get_by_text("Audit log").count() == 0
