@@ -53,6 +53,19 @@ def remember(user) -> None:  # noqa: ANN001
                                 "since": time.time()}
 
 
+def complete_sign_in(store: Store, check) -> None:  # noqa: ANN001
+    """Run one sign-in check in its own transaction (a failure is recorded too); then go
+    on as that user, or say why not."""
+    with store.session() as s:
+        user, why = check(s)
+        if user is not None:
+            remember(user)
+    if user is None:
+        st.error(why)
+    else:
+        st.rerun()
+
+
 def sign_in() -> None:
     from store.auth import authenticate, sso_login
 
@@ -62,14 +75,7 @@ def sign_in() -> None:
     st.title("medloop")
     if oidc_configured():
         if getattr(st.user, "is_logged_in", False):
-            with store.session() as s:
-                user, why = sso_login(s, st.user.get("email"))
-                if user is not None:
-                    remember(user)
-            if user is None:
-                st.error(why)
-            else:
-                st.rerun()
+            complete_sign_in(store, lambda s: sso_login(s, st.user.get("email")))
         st.button("Sign in with your organisation's account", on_click=st.login)
         st.divider()
     st.caption("Sign in with your medloop account.")
@@ -78,14 +84,7 @@ def sign_in() -> None:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        with store.session() as s:
-            user, why = authenticate(s, name.strip(), password)
-            if user is not None:
-                remember(user)
-        if user is None:
-            st.error(why)
-        else:
-            st.rerun()
+        complete_sign_in(store, lambda s: authenticate(s, name.strip(), password))
 
 
 def signed_in_user() -> dict | None:
