@@ -130,52 +130,45 @@ def _failed(state: dict, exc: MedloopError) -> None:
 # Callbacks run before the script, so the next item is leased and drawn in the same run.
 
 
-def _accept() -> None:
+def _act(action, message: str) -> None:  # noqa: ANN001
+    """Run one store action on the item in hand: on success the next item, else its message
+    (a stale edit keeps the drawing for a reload)."""
     state = st.session_state["review_state"]
     try:
-        review.accept(store, user["id"], state["item"].id, state["seen_head_id"],
-                      seconds=_seconds(state), interactions=1)
+        action(state)
     except MedloopError as exc:
         _failed(state, exc)
     else:
-        _done(f"Accepted item {state['item'].id}")
+        _done(message.format(item=state["item"].id))
+
+
+def _accept() -> None:
+    _act(lambda st_: review.accept(store, user["id"], st_["item"].id, st_["seen_head_id"],
+                                   seconds=_seconds(st_), interactions=1),
+         "Accepted item {item}")
 
 
 def _save(classes: list[dict]) -> None:
-    state = st.session_state["review_state"]
-    try:
+    def save(state: dict) -> None:
         applied, _ = _working(state, classes)
         review.correct(store, user["id"], state["item"].id, state["seen_head_id"],
                        applied.mask, seconds=_seconds(state),
                        interactions=max(1, state["interactions"]))
-    except MedloopError as exc:
-        _failed(state, exc)
-    else:
-        _done(f"Saved your correction of item {state['item'].id}")
+    _act(save, "Saved your correction of item {item}")
 
 
 def _reject() -> None:
-    state = st.session_state["review_state"]
-    item_id = state["item"].id
+    item_id = st.session_state["review_state"]["item"].id
     reason = st.session_state.get(f"reason-{item_id}")
     note = st.session_state.get(f"note-{item_id}") or ""
-    try:
-        review.reject(store, user["id"], item_id, state["seen_head_id"], reason or "", note,
-                      seconds=_seconds(state), interactions=1 + state["interactions"])
-    except MedloopError as exc:
-        _failed(state, exc)
-    else:
-        _done(f"Rejected item {item_id} ({reason})")
+    _act(lambda st_: review.reject(store, user["id"], item_id, st_["seen_head_id"],
+                                   reason or "", note, seconds=_seconds(st_),
+                                   interactions=1 + st_["interactions"]),
+         f"Rejected item {{item}} ({reason})")
 
 
 def _skip() -> None:
-    state = st.session_state["review_state"]
-    try:
-        review.skip(store, user["id"], state["item"].id)
-    except MedloopError as exc:
-        _failed(state, exc)
-    else:
-        _done(f"Skipped item {state['item'].id}")
+    _act(lambda st_: review.skip(store, user["id"], st_["item"].id), "Skipped item {item}")
 
 
 def _set_drawing(state: dict, objects: list) -> None:

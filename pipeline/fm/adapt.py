@@ -148,14 +148,7 @@ def finetune(
             total = 0.0
             for index in order_rng.permutation(len(prepared)):
                 item = prepared[index]
-                features = item.features if encoder is None else encoder(item.model_input)
-                low_res, iou_pred = decoder(
-                    image_embeddings=features,
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=item.sparse,
-                    dense_prompt_embeddings=item.dense,
-                    multimask_output=False,
-                )
+                low_res, iou_pred = _decode(decoder, encoder, image_pe, item)
                 with torch.no_grad():
                     iou_reached = _iou(low_res > fm.sam.mask_threshold, item.target_low > 0.5)
                 loss = seg_loss(low_res, item.target_low) + F.mse_loss(iou_pred, iou_reached)
@@ -462,6 +455,17 @@ def _merge_lora(
 # --------------------------------------------------------------------------- metrics
 
 
+def _decode(decoder, encoder, image_pe: torch.Tensor, item: _Prepared):  # noqa: ANN001, ANN202
+    """One decoder pass for an image's prompts: (low-res logits, predicted IoU).
+
+    With `encoder` (LoRA) the features are recomputed; otherwise the fixed embedding is used.
+    """
+    features = item.features if encoder is None else encoder(item.model_input)
+    return decoder(image_embeddings=features, image_pe=image_pe,
+                   sparse_prompt_embeddings=item.sparse, dense_prompt_embeddings=item.dense,
+                   multimask_output=False)
+
+
 def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(n, 1) IoU per prompt of boolean (n, 1, h, w) masks, as the decoder's IoU head predicts."""
     inter = (pred & target).flatten(1).sum(1).float()
@@ -480,14 +484,7 @@ def _mean_dice(
     """Mean Dice over all prompts, masks compared in original pixels as `segment` gives them."""
     scores = []
     for item in prepared:
-        features = item.features if encoder is None else encoder(item.model_input)
-        low_res, _ = decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=item.sparse,
-            dense_prompt_embeddings=item.dense,
-            multimask_output=False,
-        )
+        low_res, _ = _decode(decoder, encoder, image_pe, item)
         masks = unletterbox_logits(low_res, item.geometry)[:, 0] > fm.sam.mask_threshold
         inter = (masks & item.target).flatten(1).sum(1).float()
         sizes = masks.flatten(1).sum(1).float() + item.target.flatten(1).sum(1).float()
