@@ -1,15 +1,30 @@
-"""The job table's state changes: enqueue, claim (atomically), heartbeat, finish."""
+"""The job table's state changes: enqueue, claim (atomically), heartbeat, checkpoint,
+finish, cancel, retry, and requeueing the jobs of a worker that died."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from sqlalchemy import or_
 from sqlmodel import Session, select
 
 from store import audit
+from store.auth import require
 from store.db import Store, is_sqlite
-from store.models import Job, JobStatus, utcnow
+from store.errors import Conflict, InvalidInput, NotFound
+from store.models import Job, JobStatus, Role, utcnow
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+
+
+def heartbeat_timeout_s() -> float:
+    """A running job whose worker has not beaten for this long is taken to be orphaned.
+
+    Workers beat every few seconds from a separate thread, so a long training step does
+    not look like a dead worker.
+    """
+    return float(os.environ.get("MEDLOOP_JOB_HEARTBEAT_TIMEOUT_S", "60"))
 
 
 def enqueue(session: Session, kind: str, actor: str, project_id: int | None = None,
@@ -29,6 +44,7 @@ def claim_next(store: Store, worker: str, kinds: set[str] | None = None) -> Job 
     """
     now = utcnow()
     with store.session(immediate=True) as s:
+        requeue_orphans(s, worker, now)
         q = (select(Job).where(Job.status == JobStatus.queued,
                                or_(Job.not_before.is_(None), Job.not_before <= now))
              .order_by(Job.created_at, Job.id).limit(1))
@@ -48,11 +64,20 @@ def claim_next(store: Store, worker: str, kinds: set[str] | None = None) -> Job 
         return job
 
 
+class JobLost(Exception):
+    """The job was taken from this worker (requeued as orphaned and claimed elsewhere)."""
+
+
 def heartbeat(store: Store, job_id: int, progress: float | None = None,
-              message: str | None = None) -> bool:
-    """Record liveness and progress; returns False when a cancel was requested."""
+              message: str | None = None, worker: str | None = None) -> bool:
+    """Record liveness and progress; returns False when a cancel was requested.
+
+    With `worker`, raises JobLost when the job is no longer this worker's to run.
+    """
     with store.session() as s:
         job = s.get(Job, job_id)
+        if worker is not None and (job.worker != worker or job.status != JobStatus.running):
+            raise JobLost(f"job {job_id} is now {job.status.value} on {job.worker}")
         job.heartbeat_at = utcnow()
         if progress is not None:
             job.progress = float(max(0.0, min(100.0, progress)))
@@ -83,3 +108,125 @@ def finish(store: Store, job_id: int, status: JobStatus, error: str | None = Non
         audit.record(s, job.worker or "worker", f"job.{job.status.value}", "job", job.id,
                      kind=job.kind, error=error)
         return job
+
+
+def requeue_orphans(session: Session, actor: str, now=None) -> list[int]:
+    """Running jobs whose worker stopped beating go back to the queue (their checkpoint
+    kept, so training resumes); after max_attempts they fail instead."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=heartbeat_timeout_s())
+    q = select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+    if not is_sqlite(session.get_bind()):
+        q = q.with_for_update(skip_locked=True)
+    ids = []
+    for job in session.exec(q).all():
+        note = f"worker {job.worker} stopped responding (no heartbeat since " \
+               f"{job.heartbeat_at:%H:%M:%S} UTC)"
+        if job.cancel_requested:
+            job.status, job.finished_at = JobStatus.cancelled, now
+        elif job.attempts >= job.max_attempts:
+            job.status, job.finished_at = JobStatus.failed, now
+            job.error = f"{note} on each of {job.attempts} attempts: check the worker's " \
+                        "memory and logs, then Retry"
+        else:
+            job.status = JobStatus.queued
+            note += "; requeued" + (" to resume from its checkpoint" if job.checkpoint else "")
+        job.log_tail = (job.log_tail + note + "\n")[-4000:]
+        job.message = note
+        session.add(job)
+        audit.record(session, actor, "job.orphaned", "job", job.id, kind=job.kind,
+                     worker=job.worker, status=job.status.value)
+        ids.append(job.id)
+    return ids
+
+
+def save_checkpoint(store: Store, job_id: int, blob: str, message: str | None = None) -> None:
+    """Point the job at its newest checkpoint blob (written to the blob store first)."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        job.checkpoint = blob
+        job.heartbeat_at = utcnow()
+        if message:
+            job.message = message
+            job.log_tail = (job.log_tail + message + "\n")[-4000:]
+        s.add(job)
+
+
+def interrupt(store: Store, job_id: int, message: str) -> Job:
+    """The worker is shutting down: the job goes back to the queue; the attempt is not
+    counted against it."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        job.status = JobStatus.queued
+        job.attempts = max(0, job.attempts - 1)
+        job.heartbeat_at = utcnow()
+        job.message = message
+        job.log_tail = (job.log_tail + message + "\n")[-4000:]
+        s.add(job)
+        audit.record(s, job.worker or "worker", "job.interrupted", "job", job.id,
+                     kind=job.kind)
+        return job
+
+
+def _get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def request_cancel(session: Session, job_id: int, user_id: int) -> Job:
+    """A queued job is cancelled now; a running one stops at its next progress report."""
+    actor = require(session, user_id, Role.curator).name
+    job = _get(session, job_id)
+    if job.status not in ACTIVE:
+        raise Conflict(f"job {job_id} is already {job.status.value}")
+    if job.status == JobStatus.queued:
+        job.status, job.finished_at = JobStatus.cancelled, utcnow()
+    else:
+        job.cancel_requested = True
+    session.add(job)
+    audit.record(session, actor, "job.cancel", "job", job.id, kind=job.kind)
+    return job
+
+
+def retry(session: Session, job_id: int, user_id: int) -> Job:
+    """A failed or cancelled job back in the queue, with fresh attempts; a training job
+    keeps its checkpoint and resumes from it."""
+    actor = require(session, user_id, Role.curator).name
+    job = _get(session, job_id)
+    if job.status not in (JobStatus.failed, JobStatus.cancelled):
+        raise InvalidInput(f"job {job_id} is {job.status.value}: only failed or cancelled "
+                           "jobs can be retried")
+    if job.project_id is not None and job.kind in SINGLE_PER_PROJECT:
+        other = active_job(session, job.project_id, job.kind)
+        if other is not None:
+            raise Conflict(f"{job.kind} job {other.id} is already {other.status.value} for "
+                           "this project")
+    job.status = JobStatus.queued
+    job.attempts = 0
+    job.error = None
+    job.cancel_requested = False
+    job.not_before = None
+    job.finished_at = None
+    job.log_tail = (job.log_tail + f"retried by {actor}\n")[-4000:]
+    session.add(job)
+    audit.record(session, actor, "job.retry", "job", job.id, kind=job.kind)
+    return job
+
+
+# Kinds of which a project has at most one queued or running job.
+SINGLE_PER_PROJECT = ("train", "propose")
+
+
+def active_job(session: Session, project_id: int, kind: str) -> Job | None:
+    return session.exec(select(Job).where(Job.project_id == project_id, Job.kind == kind,
+                                          Job.status.in_(ACTIVE))
+                        .order_by(Job.id).limit(1)).first()
+
+
+def recent(session: Session, limit: int = 100, project_id: int | None = None) -> list[Job]:
+    q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if project_id is not None:
+        q = q.where(Job.project_id == project_id)
+    return list(session.exec(q).all())

@@ -61,6 +61,8 @@ class Project(SQLModel, table=True):
     modality: str  # DICOM modality code: CT, MR, XR, US, SM (pathology), OT
     # [{"name": "lesion", "value": 1, "color": "#ff0000"}, ...]; 0 is always background.
     label_classes: list[dict] = _json(default_factory=list, nullable=False)
+    # Task-model training settings that differ from the defaults (store/retraining.py).
+    training: dict = _json(default_factory=dict, nullable=False)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -211,6 +213,7 @@ class Job(SQLModel, table=True):
     worker: str | None = None
     heartbeat_at: datetime | None = None
     cancel_requested: bool = False
+    checkpoint: str | None = None  # blob sha of the handler's last checkpoint (resume point)
     created_by: str = "system"
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

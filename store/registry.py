@@ -1,11 +1,14 @@
-"""Model versions: registering foundation-model and task-model versions."""
+"""Model versions: registering FM, task-model and generator versions; the task model's
+champion, promotion and rollback."""
 
 from __future__ import annotations
 
 from sqlmodel import Session, select
 
 from store import audit
-from store.models import ModelVersion
+from store.auth import require
+from store.errors import Conflict, InvalidInput, NotFound
+from store.models import ModelVersion, Role
 
 
 def ensure_model_version(
@@ -27,3 +30,56 @@ def ensure_model_version(
     audit.record(session, actor, "model.register", "modelversion", mv.id, family=family,
                  name=name)
     return mv
+
+
+# Task-model statuses: a new version is a candidate until its holdout evaluation; then it is
+# the champion (the project's one current model), or rejected; a replaced champion is retired.
+CANDIDATE, CHAMPION, REJECTED, RETIRED = "candidate", "champion", "rejected", "retired"
+
+
+def champion(session: Session, project_id: int, family: str = "task") -> ModelVersion | None:
+    return session.exec(select(ModelVersion).where(
+        ModelVersion.project_id == project_id, ModelVersion.family == family,
+        ModelVersion.status == CHAMPION)).first()
+
+
+def versions(session: Session, project_id: int, family: str = "task") -> list[ModelVersion]:
+    return list(session.exec(select(ModelVersion).where(
+        ModelVersion.project_id == project_id, ModelVersion.family == family)
+        .order_by(ModelVersion.id)).all())
+
+
+def promote(session: Session, mv: ModelVersion, actor: str, reason: str,
+            action: str = "model.promote") -> ModelVersion:
+    """Make `mv` its project's champion; the previous champion is retired."""
+    if mv.blob is None:
+        raise InvalidInput(f"model version {mv.name} has no weights to serve")
+    previous = champion(session, mv.project_id, mv.family)
+    if previous is not None and previous.id != mv.id:
+        previous.status = RETIRED
+        session.add(previous)
+    mv.status = CHAMPION
+    mv.metrics = {**(mv.metrics or {}), "decision": {
+        **(mv.metrics or {}).get("decision", {}), "promoted": True, "reason": reason,
+        "by": actor}}
+    session.add(mv)
+    session.flush()
+    audit.record(session, actor, action, "modelversion", mv.id, name=mv.name,
+                 replaced=previous.name if previous is not None else None, reason=reason)
+    return mv
+
+
+def set_champion(session: Session, user_id: int, model_version_id: int,
+                 reason: str = "") -> ModelVersion:
+    """A curator's promotion or rollback: any version with weights may become champion."""
+    user = require(session, user_id, Role.curator)
+    mv = session.get(ModelVersion, model_version_id)
+    if mv is None or mv.family != "task":
+        raise NotFound(f"task model version {model_version_id} does not exist")
+    current = champion(session, mv.project_id, mv.family)
+    if current is not None and current.id == mv.id:
+        raise Conflict(f"{mv.name} is already the champion")
+    rollback = current is not None and mv.id < current.id
+    why = reason.strip() or ("rolled back" if rollback else "promoted") + f" by {user.name}"
+    return promote(session, mv, user.name, why,
+                   action="model.rollback" if rollback else "model.promote")

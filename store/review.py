@@ -18,7 +18,8 @@ from store.auth import require
 from store.db import Store
 from store.errors import InvalidInput, NotFound, StaleEdit
 from store.labels import head
-from store.models import Item, Label, LabelKind, Project, ReviewSkip, Role, User, utcnow
+from store.models import Item, Label, LabelKind, Project, ReviewSkip, Role, Split, User, utcnow
+from store.retraining import maybe_retrain
 
 LEASE = timedelta(minutes=10)
 DONE_KINDS = (LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
@@ -88,6 +89,8 @@ def _finish(s: Session, item: Item, label: Label, user: User, action: str, **det
     s.add(item)
     s.flush()
     audit.record(s, user.name, action, "label", label.id, item_id=item.id, **details)
+    if label.kind in (LabelKind.accepted, LabelKind.corrected) and item.split == Split.train:
+        maybe_retrain(s, item.project_id, user.name)
     return label
 
 

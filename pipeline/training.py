@@ -1,0 +1,166 @@
+"""The `train` and `evaluate` jobs: validated labels in, a registered task-model version out,
+scored on the holdout and promoted only if it beats the champion.
+
+train: loads the train split's validated labels, trains with a checkpoint in the blob store
+after every epoch (a requeued job resumes there), registers the version and queues its
+evaluation in one transaction. evaluate: scores challenger and champion on the same holdout
+cases; a promotion queues a `propose` job that refreshes the unreviewed pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from sqlmodel import Session, select
+
+from pipeline.adaptation import validated_items
+from pipeline.evaluation import compare, holdout_cases, score_cases, summarise
+from pipeline.task_model import Sample, TaskModel, TaskModelConfig, train
+from pipeline.worker import JobContext
+from store import registry
+from store.db import Store
+from store.errors import InvalidInput, NotFound
+from store.jobs import active_job, enqueue
+from store.models import Job, ModelVersion, Project, Source
+from store.retraining import training_settings
+
+MIN_TRAINING_LABELS = 4
+
+
+def config_for(project: Project, channels: int, overrides: dict | None = None) -> TaskModelConfig:
+    settings = {**training_settings(project), **(overrides or {})}
+    return TaskModelConfig(
+        class_values=tuple(int(c["value"]) for c in project.label_classes),
+        architecture=str(settings["architecture"]), in_channels=channels,
+        image_size=int(settings["image_size"]), epochs=int(settings["epochs"]),
+        synthetic_weight=float(settings["synthetic_weight"]),
+        **{k: overrides[k] for k in ("learning_rate", "batch_size", "seed", "augment")
+           if overrides and k in overrides})
+
+
+def training_set_hash(pairs: list[tuple[int, str]], cfg: TaskModelConfig) -> str:
+    blob = json.dumps({"pairs": sorted(pairs), "config": cfg.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _project(store: Store, job: Job) -> Project:
+    with store.session() as s:
+        project = s.get(Project, job.project_id) if job.project_id is not None else None
+    if project is None:
+        raise NotFound(f"job {job.id} names no existing project")
+    return project
+
+
+def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
+    project = _project(store, job)
+    name = f"task-{training_settings(project)['architecture']}-j{job.id}"
+    with store.session() as s:
+        done = _version_named(s, project.id, name)
+    if done is not None:  # trained and registered before the worker died: nothing to redo
+        ctx.report(100, f"{name} was already registered")
+        return done
+    pairs = validated_items(store, project.id)
+    if len(pairs) < MIN_TRAINING_LABELS:
+        raise InvalidInput(f"{len(pairs)} validated label(s) in the train split; training needs "
+                           f"at least {MIN_TRAINING_LABELS}: review more items first")
+    ctx.report(1, f"loading {len(pairs)} validated labels")
+    samples, n_synthetic = [], 0
+    first = store.blobs.get_array(pairs[0][0].blob)
+    cfg = config_for(project, 3 if first.ndim == 3 else 1, job.payload.get("overrides"))
+    for item, mask_blob in pairs:
+        synthetic = item.source == Source.synthetic
+        n_synthetic += synthetic
+        samples.append(Sample(store.blobs.get_array(item.blob), item.modality,
+                              store.blobs.get_array(mask_blob),
+                              cfg.synthetic_weight if synthetic else 1.0))
+    resume = ctx.load_checkpoint()
+    if resume is not None:
+        ctx.report(job.progress, "resuming from the last checkpoint")
+    last = {"t": 0.0}
+
+    def on_batch(epoch: int, batch: int, batches: int, loss: float) -> None:
+        if time.monotonic() - last["t"] >= 2.0 or batch == batches:
+            last["t"] = time.monotonic()
+            ctx.report(2 + 93 * (epoch + batch / batches) / max(cfg.epochs, 1))
+
+    def on_epoch(checkpoint: bytes, state) -> None:
+        ctx.save_checkpoint(checkpoint, f"epoch {state.epoch}/{cfg.epochs}: loss "
+                                        f"{state.losses[-1]:.4f} ({state.seconds:.0f} s)")
+        ctx.stop_if_asked(f"worker stopping: checkpointed after epoch {state.epoch}; "
+                          "queued to resume")
+
+    net, state = train(samples, cfg, resume=resume, on_batch=on_batch, on_epoch=on_epoch)
+    ctx.report(96, "saving the model")
+    sha, _ = store.blobs.put_bytes(TaskModel(net, cfg).to_bytes())
+    with store.session() as s:
+        parent = registry.champion(s, project.id)
+        mv = registry.ensure_model_version(
+            s, "task", name, job.created_by, project_id=project.id, blob=sha,
+            parent_id=parent.id if parent else None, config=cfg.to_dict())
+        mv.training_set_hash = training_set_hash([(i.id, m) for i, m in pairs], cfg)
+        mv.metrics = {"train": {"items": len(pairs), "synthetic_items": n_synthetic,
+                                "losses": state.losses, "seconds": state.seconds,
+                                "job": job.id}}
+        s.add(mv)
+        # Registered and queued for evaluation in one transaction: never one without the other.
+        enqueue(s, "evaluate", job.created_by, project.id, model_version_id=mv.id,
+                promote=True)
+        s.flush()
+        s.expunge(mv)
+    return mv
+
+
+def _version_named(s: Session, project_id: int, name: str) -> ModelVersion | None:
+    return s.exec(select(ModelVersion).where(ModelVersion.project_id == project_id,
+                                             ModelVersion.family == "task",
+                                             ModelVersion.name == name)).first()
+
+
+def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
+    """Score a version on the holdout; with payload promote=True decide its promotion."""
+    project = _project(store, job)
+    mv_id = job.payload.get("model_version_id")
+    with store.session() as s:
+        mv = s.get(ModelVersion, mv_id) if mv_id is not None else None
+        if mv is None or mv.blob is None:
+            raise NotFound(f"task model version {mv_id} does not exist or has no weights")
+        champion = registry.champion(s, project.id)
+        champ = (champion.id, champion.name, champion.blob) if champion is not None \
+            and champion.id != mv.id else None
+        decided = mv.status != registry.CANDIDATE
+    ctx.report(5, "loading the holdout")
+    cases = holdout_cases(store, project.id)
+    ctx.report(20, f"scoring {mv_id} on {len(cases)} holdout cases")
+    challenger = score_cases(TaskModel.from_bytes(store.blobs.get_bytes(mv.blob)), cases)
+    champion_cases = None
+    if champ is not None and cases:
+        ctx.report(60, f"scoring the champion {champ[1]} on the same cases")
+        champion_cases = score_cases(TaskModel.from_bytes(store.blobs.get_bytes(champ[2])),
+                                     cases)
+    margin = float(training_settings(project)["promotion_margin"])
+    names = {str(c["value"]): c["name"] for c in project.label_classes}
+    decision = compare(challenger, champion_cases, margin, names)
+    holdout = summarise(challenger)
+    with store.session() as s:
+        mv = s.get(ModelVersion, mv_id)
+        metrics = dict(mv.metrics or {})
+        metrics["holdout"] = holdout
+        metrics["holdout_cases"] = {str(k): v for k, v in challenger.items()}
+        if job.payload.get("promote") and not decided:
+            metrics["decision"] = {**decision.to_dict(),
+                                   "champion": champ[1] if champ else None}
+            mv.metrics = metrics
+            if decision.promote:
+                registry.promote(s, mv, "worker", decision.reason)
+                if active_job(s, project.id, "propose") is None:
+                    enqueue(s, "propose", "worker", project.id, model_version_id=mv.id)
+            elif cases:
+                mv.status = registry.REJECTED
+        else:
+            mv.metrics = metrics
+        s.add(mv)
+    ctx.report(100, decision.reason if job.payload.get("promote") else
+               f"holdout Dice {holdout.get('mean_dice', float('nan')):.3f}")
+    return holdout

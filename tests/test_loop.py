@@ -1,0 +1,64 @@
+"""The background loop end to end on the shared radiomics volumes, without the UI:
+validated labels -> train -> holdout evaluation -> promotion -> refreshed proposals."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlmodel import select
+
+from loop_helpers import radiomics_project, queue_training
+from pipeline.worker import serve
+from store import labels, registry
+from store.models import AuditEvent, Item, Job, JobStatus, Label, LabelKind, ModelVersion, Split
+
+
+def test_validated_labels_train_a_model_that_is_evaluated_promoted_and_proposes(
+        store, radiomics):
+    project, _, _ = radiomics_project(store, radiomics, validate=None)
+    with store.session() as s:
+        items = s.exec(select(Item).where(Item.project_id == project.id)).all()
+        holdout = [i.id for i in items if i.split == Split.holdout]
+        train_ids = {i.id for i in items if i.split == Split.train}
+    assert holdout and train_ids  # the split was frozen at ingest, per patient
+    with store.session() as s:
+        last_label = s.exec(select(Label.id).order_by(Label.id.desc())).first()
+    job_id = queue_training(store, project.id)
+
+    serve(store, poll_s=0.05, once=True)  # runs train, then evaluate, then propose
+
+    with store.session() as s:
+        jobs = s.exec(select(Job).order_by(Job.id)).all()
+        assert [(j.kind, j.status) for j in jobs] == [
+            ("train", JobStatus.succeeded), ("evaluate", JobStatus.succeeded),
+            ("propose", JobStatus.succeeded)], [(j.kind, j.status, j.error) for j in jobs]
+        mv = s.exec(select(ModelVersion).where(ModelVersion.family == "task")).one()
+        assert registry.champion(s, project.id).id == mv.id
+        assert mv.name == f"task-unet-j{job_id}" and mv.training_set_hash
+        assert mv.metrics["train"]["items"] == len(train_ids)
+        assert mv.config["image_size"] == 64 and mv.config["class_values"] == [1]
+        holdout_metrics = mv.metrics["holdout"]
+        assert holdout_metrics["cases"] == len(holdout)
+        assert set(holdout_metrics["by_source"]) == {"real"}
+        assert 0.0 <= holdout_metrics["dice"]["1"] <= 1.0
+        assert set(mv.metrics["holdout_cases"]) == {str(i) for i in holdout}
+        assert mv.metrics["decision"]["promoted"] and "first task model" in \
+            mv.metrics["decision"]["reason"]
+        # The pool that was not reviewed (here: the holdout) got fresh proposals.
+        for item_id in holdout:
+            head = labels.head(s, item_id)
+            assert head.kind == LabelKind.proposal and head.id > last_label
+            assert head.author == mv.name or head.author.startswith("litemedsam")
+            assert store.blobs.get_array(head.mask_blob).shape == \
+                tuple(s.get(Item, item_id).shape[:2])
+        # Training never saw a holdout item: only train-split labels were validated.
+        validated = s.exec(select(Label.item_id).where(
+            Label.kind.in_([LabelKind.accepted, LabelKind.corrected]))).all()
+        assert set(validated) == train_ids
+        promoted = s.exec(select(AuditEvent).where(AuditEvent.action == "model.promote")).one()
+        assert promoted.entity_id == mv.id
+    # the job's row kept progress and a log tail
+    with store.session() as s:
+        train_job = s.get(Job, job_id)
+    assert train_job.progress == 100 and "epoch 12/12" in train_job.log_tail
+    assert train_job.checkpoint is not None
+    assert np.isfinite(mv.metrics["train"]["losses"]).all()
