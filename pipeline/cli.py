@@ -129,6 +129,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from sqlmodel import select
+
+    from store.jobs import active_job, enqueue
+    from store.models import Project
+
+    store = _store()
+    with store.session(immediate=True) as s:
+        project = s.exec(select(Project).where(Project.name == args.project)).first()
+        if project is None:
+            print(f"error: no project named {args.project!r} (see `medloop projects`)",
+                  file=sys.stderr)
+            return 2
+        job = active_job(s, project.id, "train")
+        if job is not None:
+            print(f"training job {job.id} is already {job.status.value} for {args.project}")
+            return 0
+        job = enqueue(s, "train", "cli", project.id, reason="medloop retrain")
+        print(f"queued training job {job.id} for {args.project}; a worker will run it")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from store.jobs import recent
+
+    store = _store()
+    with store.session() as s:
+        rows = [{"id": j.id, "kind": j.kind, "project": j.project_id, "status": j.status.value,
+                 "progress": f"{j.progress:.0f}%", "message": (j.error or j.message)[:70]}
+                for j in recent(s, args.limit)]
+    print(pd.DataFrame(rows).to_string(index=False) if rows else "no jobs yet")
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -166,6 +202,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench.fm import main as bench_main
     elif args.what == "review":
         from pipeline.bench.review import main as bench_main
+    elif args.what == "loop":
+        from pipeline.bench.loop import main as bench_main
     return bench_main(args.rest)
 
 
@@ -205,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--once", action="store_true", help="exit when the queue is empty")
     wrk.set_defaults(fn=cmd_worker)
 
+    rtr = sub.add_parser("retrain", help="queue a task-model training job for a project")
+    rtr.add_argument("--project", required=True)
+    rtr.set_defaults(fn=cmd_retrain)
+
+    jbs = sub.add_parser("jobs", help="list recent background jobs")
+    jbs.add_argument("--limit", type=int, default=30)
+    jbs.set_defaults(fn=cmd_jobs)
+
     wts = sub.add_parser("weights", help="download SAM / MedSAM checkpoints (sha256 checked)")
     wts.add_argument("action", choices=["fetch"])
     wts.add_argument("name", help="sam_vit_b, medsam_vit_b, ...")
@@ -218,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(fn=cmd_fm)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
-    bench.add_argument("what", choices=["ingest", "fm", "review"])
+    bench.add_argument("what", choices=["ingest", "fm", "review", "loop"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
     return p
