@@ -1,4 +1,4 @@
-"""The `export` job: a project's validated dataset as a zip of 2D NIfTI image/mask pairs
+"""The `export` job: a project's validated dataset as a zip of 2D NIfTI (.nii) image/mask pairs
 with a manifest (CSV), written atomically under the data directory's exports/ folder."""
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def export_dataset(store: Store, job: Job, ctx: JobContext) -> Path:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for n, (item, label) in enumerate(rows, start=1):
                 stem = f"item{item.id:07d}"
-                zf.writestr(f"images/{stem}.nii.gz",
+                zf.writestr(f"images/{stem}.nii",
                             _nifti(store.blobs.get_array(item.blob), item.pixel_spacing))
-                zf.writestr(f"masks/{stem}.nii.gz",
+                zf.writestr(f"masks/{stem}.nii",
                             _nifti(store.blobs.get_array(label.mask_blob), item.pixel_spacing))
                 manifest.append({
-                    "image": f"images/{stem}.nii.gz", "mask": f"masks/{stem}.nii.gz",
+                    "image": f"images/{stem}.nii", "mask": f"masks/{stem}.nii",
                     "item_id": item.id, "split": item.split.value,
                     "source": item.source.value, "patient": item.patient_pseudonym,
                     "modality": item.modality, "slice_index": item.slice_index,
