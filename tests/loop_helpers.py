@@ -45,10 +45,10 @@ def radiomics_project(store: Store, data: Path, validate: int | None = None,
 
 
 def validate_train(store: Store, project_id: int, clinician: int, n: int | None,
-                   keep_lesions: int = 0) -> list[int]:
+                   keep_lesions: int = 0, split: Split = Split.train) -> list[int]:
     with store.session() as s:
         items = s.exec(select(Item).where(Item.project_id == project_id,
-                                          Item.split == Split.train).order_by(Item.id)).all()
+                                          Item.split == split).order_by(Item.id)).all()
         todo = [(i.id, labels.head(s, i.id), labels.ground_truth(s, i.id)) for i in items]
     area = {i: int((store.blobs.get_array(gt.mask_blob) > 0).sum()) for i, _, gt in todo}
     kept = set(sorted(area, key=lambda i: -area[i])[:keep_lesions])

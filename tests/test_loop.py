@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 from sqlmodel import select
 
-from loop_helpers import radiomics_project, queue_training
+from loop_helpers import queue_training, radiomics_project, validate_train
+from pipeline.refresh import unreviewed_pool
 from pipeline.worker import serve
-from store import labels, registry
+from store import labels, registry, review
 from store.models import AuditEvent, Item, Job, JobStatus, Label, LabelKind, ModelVersion, Split
 
 
@@ -62,3 +63,29 @@ def test_validated_labels_train_a_model_that_is_evaluated_promoted_and_proposes(
     assert train_job.progress == 100 and "epoch 12/12" in train_job.log_tail
     assert train_job.checkpoint is not None
     assert np.isfinite(mv.metrics["train"]["losses"]).all()
+
+
+def test_refresh_refines_task_model_masks_with_the_fm_and_spares_leased_items(
+        sqlite_store, radiomics):
+    store = sqlite_store
+    project, clinician, _ = radiomics_project(store, radiomics, keep_lesions=2)
+    validate_train(store, project.id, clinician, None, split=Split.holdout)
+    pool = unreviewed_pool(store, project.id)
+    assert len(pool) == 2
+    with store.session() as s:
+        before = {i: labels.head(s, i) for i in pool}
+    # the clinician has one of them open: its screen must stay valid
+    leased = review.lease_next(store, clinician, project.id)
+    assert leased.id in pool
+    queue_training(store, project.id, epochs=1)  # one epoch: it sees lesions everywhere
+    serve(store, poll_s=0.05, once=True)
+    with store.session() as s:
+        job = s.exec(select(Job).where(Job.kind == "propose")).one()
+        assert job.status == JobStatus.succeeded, job.error
+        assert "1 FM-refined" in job.message
+        free = next(i for i in pool if i != leased.id)
+        head = labels.head(s, free)
+        assert head.kind == LabelKind.proposal and head.author.startswith("litemedsam")
+        assert head.predicted_iou is not None
+        assert before[free] is None or head.id > before[free].id
+        assert labels.head(s, leased.id) == before[leased.id]
