@@ -9,6 +9,8 @@ if "user" not in st.session_state or "store" not in st.session_state:
 
 from pipeline.imaging import thumbnail
 from store import queries
+from store.errors import MedloopError
+from store.jobs import queue_export
 
 store = st.session_state["store"]
 
@@ -34,6 +36,23 @@ cols[3].metric("Test", splits.get("test", 0))
 cols[4].metric("Ground truth", labels.get("ground_truth", 0))
 st.caption(f"Modality {project.modality} · classes: "
            + ", ".join(f"{c['name']} ({c['value']})" for c in project.label_classes))
+
+with st.expander("Export validated labels"):
+    st.caption("Accepted and corrected items as 2D NIfTI image/mask pairs with a manifest "
+               "(CSV), built by the worker; follow it on the Jobs page.")
+    if st.button("Export now"):
+        try:
+            with store.session() as s:
+                job = queue_export(s, st.session_state["user"]["id"], project.id)
+            st.success(f"Export job #{job.id} queued")
+        except MedloopError as exc:
+            st.error(str(exc))
+    exports = sorted((store.settings.data_dir / "exports").glob(f"{project.name}-job*.zip"),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in exports[:5]:
+        st.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)",
+                           data=path.read_bytes, file_name=path.name,  # read on click only
+                           mime="application/zip", key=str(path))
 
 total = sum(splits.values())
 per_page = 24

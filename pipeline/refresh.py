@@ -74,7 +74,7 @@ def refresh_proposals(store: Store, job: Job, ctx: JobContext) -> dict:
     fm, problem = try_load_foundation_model()
     fm_author = None
     if fm is not None:
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             fmv = ensure_model_version(s, "fm", fm.version, "worker", config={
                 "kind": fm.kind, "checkpoint_sha256": fm.checkpoint_sha256})
             fm_author = (fmv.id, fm.version)

@@ -23,7 +23,7 @@ from store import registry
 from store.db import Store
 from store.errors import InvalidInput, NotFound
 from store.jobs import active_job, enqueue
-from store.models import Job, ModelVersion, Project, Source
+from store.models import Job, JobStatus, ModelVersion, Project, Source
 from store.retraining import training_settings
 
 MIN_TRAINING_LABELS = 4
@@ -94,7 +94,7 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
     net, state = train(samples, cfg, resume=resume, on_batch=on_batch, on_epoch=on_epoch)
     ctx.report(96, "saving the model")
     sha, _ = store.blobs.put_bytes(TaskModel(net, cfg).to_bytes())
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         parent = registry.champion(s, project.id)
         mv = registry.ensure_model_version(
             s, "task", name, job.created_by, project_id=project.id, blob=sha,
@@ -143,24 +143,18 @@ def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
     names = {str(c["value"]): c["name"] for c in project.label_classes}
     decision = compare(challenger, champion_cases, margin, names)
     holdout = summarise(challenger)
-    with store.session() as s:
-        mv = s.get(ModelVersion, mv_id)
-        metrics = dict(mv.metrics or {})
-        metrics["holdout"] = holdout
-        metrics["holdout_cases"] = {str(k): v for k, v in challenger.items()}
-        if job.payload.get("promote") and not decided:
-            metrics["decision"] = {**decision.to_dict(),
-                                   "champion": champ[1] if champ else None}
-            mv.metrics = metrics
-            if decision.promote:
-                registry.promote(s, mv, "worker", decision.reason)
-                if active_job(s, project.id, "propose") is None:
-                    enqueue(s, "propose", "worker", project.id, model_version_id=mv.id)
-            elif cases:
-                mv.status = registry.REJECTED
-        else:
-            mv.metrics = metrics
-        s.add(mv)
+    decide = bool(job.payload.get("promote")) and not decided
+    with store.session(immediate=True) as s:
+        mv = registry.record_evaluation(
+            s, mv_id, "worker", holdout, {str(k): v for k, v in challenger.items()},
+            {**decision.to_dict(), "champion": champ[1] if champ else None} if decide else None)
+        if decide and mv.status == registry.CHAMPION:
+            queued = active_job(s, project.id, "propose")
+            if queued is not None and queued.status == JobStatus.queued:
+                queued.payload = {**queued.payload, "model_version_id": mv.id}
+                s.add(queued)  # one refresh, with the newest champion
+            else:
+                enqueue(s, "propose", "worker", project.id, model_version_id=mv.id)
     ctx.report(100, decision.reason if job.payload.get("promote") else
                f"holdout Dice {holdout.get('mean_dice', float('nan')):.3f}")
     return holdout

@@ -74,7 +74,7 @@ def heartbeat(store: Store, job_id: int, progress: float | None = None,
 
     With `worker`, raises JobLost when the job is no longer this worker's to run.
     """
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         if worker is not None and (job.worker != worker or job.status != JobStatus.running):
             raise JobLost(f"job {job_id} is now {job.status.value} on {job.worker}")
@@ -91,7 +91,7 @@ def heartbeat(store: Store, job_id: int, progress: float | None = None,
 def finish(store: Store, job_id: int, status: JobStatus, error: str | None = None,
            retry_after_s: float | None = None) -> Job:
     """End a run: succeeded, cancelled, failed, or back to the queue for a later retry."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         job.heartbeat_at = utcnow()
         if status == JobStatus.failed and retry_after_s is not None \
@@ -142,7 +142,7 @@ def requeue_orphans(session: Session, actor: str, now=None) -> list[int]:
 
 def save_checkpoint(store: Store, job_id: int, blob: str, message: str | None = None) -> None:
     """Point the job at its newest checkpoint blob (written to the blob store first)."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         job.checkpoint = blob
         job.heartbeat_at = utcnow()
@@ -155,7 +155,7 @@ def save_checkpoint(store: Store, job_id: int, blob: str, message: str | None = 
 def interrupt(store: Store, job_id: int, message: str) -> Job:
     """The worker is shutting down: the job goes back to the queue; the attempt is not
     counted against it."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         job.status = JobStatus.queued
         job.attempts = max(0, job.attempts - 1)
@@ -230,3 +230,9 @@ def recent(session: Session, limit: int = 100, project_id: int | None = None) ->
     if project_id is not None:
         q = q.where(Job.project_id == project_id)
     return list(session.exec(q).all())
+
+
+def queue_export(session: Session, user_id: int, project_id: int) -> Job:
+    """A curator's request for the validated dataset as a zip (the `export` job)."""
+    actor = require(session, user_id, Role.curator).name
+    return enqueue(session, "export", actor, project_id)

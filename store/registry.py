@@ -83,3 +83,27 @@ def set_champion(session: Session, user_id: int, model_version_id: int,
     why = reason.strip() or ("rolled back" if rollback else "promoted") + f" by {user.name}"
     return promote(session, mv, user.name, why,
                    action="model.rollback" if rollback else "model.promote")
+
+
+def record_evaluation(session: Session, model_version_id: int, actor: str, holdout: dict,
+                      cases: dict, decision: dict | None = None) -> ModelVersion:
+    """Store a version's holdout metrics; with a decision (for a candidate), promote it or
+    reject it. A candidate with nothing to be judged on stays a candidate."""
+    mv = session.get(ModelVersion, model_version_id)
+    if mv is None:
+        raise NotFound(f"model version {model_version_id} does not exist")
+    mv.metrics = {**(mv.metrics or {}), "holdout": holdout, "holdout_cases": cases}
+    audit.record(session, actor, "model.evaluate", "modelversion", mv.id,
+                 cases=holdout.get("cases", 0), mean_dice=holdout.get("mean_dice"))
+    if decision is None or mv.status != CANDIDATE:
+        session.add(mv)
+        return mv
+    mv.metrics = {**mv.metrics, "decision": decision}
+    if decision["promoted"]:
+        return promote(session, mv, actor, decision["reason"])
+    if holdout.get("cases", 0):
+        mv.status = REJECTED
+        audit.record(session, actor, "model.reject", "modelversion", mv.id, name=mv.name,
+                     reason=decision["reason"])
+    session.add(mv)
+    return mv
