@@ -23,7 +23,7 @@ from store import registry
 from store.db import Store
 from store.errors import InvalidInput, NotFound
 from store.jobs import active_job, enqueue
-from store.models import Job, JobStatus, ModelVersion, Project, Source
+from store.models import Item, Job, JobStatus, ModelVersion, Project, Source
 from store.retraining import training_settings
 
 MIN_TRAINING_LABELS = 4
@@ -53,6 +53,22 @@ def _project(store: Store, job: Job) -> Project:
     return project
 
 
+def training_set(store: Store, project: Project, overrides: dict | None = None
+                 ) -> tuple[list[Sample], list[tuple[Item, str]], TaskModelConfig]:
+    """The train split's validated labels as weighted samples, and the training config."""
+    pairs = validated_items(store, project.id)
+    if len(pairs) < MIN_TRAINING_LABELS:
+        raise InvalidInput(f"{len(pairs)} validated label(s) in the train split; training needs "
+                           f"at least {MIN_TRAINING_LABELS}: review more items first")
+    first = store.blobs.get_array(pairs[0][0].blob)
+    cfg = config_for(project, 3 if first.ndim == 3 else 1, overrides)
+    samples = [Sample(store.blobs.get_array(item.blob), item.modality,
+                      store.blobs.get_array(mask_blob),
+                      cfg.synthetic_weight if item.source == Source.synthetic else 1.0)
+               for item, mask_blob in pairs]
+    return samples, pairs, cfg
+
+
 def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
     project = _project(store, job)
     name = f"task-{training_settings(project)['architecture']}-j{job.id}"
@@ -61,20 +77,9 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
     if done is not None:  # trained and registered before the worker died: nothing to redo
         ctx.report(100, f"{name} was already registered")
         return done
-    pairs = validated_items(store, project.id)
-    if len(pairs) < MIN_TRAINING_LABELS:
-        raise InvalidInput(f"{len(pairs)} validated label(s) in the train split; training needs "
-                           f"at least {MIN_TRAINING_LABELS}: review more items first")
-    ctx.report(1, f"loading {len(pairs)} validated labels")
-    samples, n_synthetic = [], 0
-    first = store.blobs.get_array(pairs[0][0].blob)
-    cfg = config_for(project, 3 if first.ndim == 3 else 1, job.payload.get("overrides"))
-    for item, mask_blob in pairs:
-        synthetic = item.source == Source.synthetic
-        n_synthetic += synthetic
-        samples.append(Sample(store.blobs.get_array(item.blob), item.modality,
-                              store.blobs.get_array(mask_blob),
-                              cfg.synthetic_weight if synthetic else 1.0))
+    ctx.report(1, "loading the validated labels")
+    samples, pairs, cfg = training_set(store, project, job.payload.get("overrides"))
+    n_synthetic = sum(item.source == Source.synthetic for item, _ in pairs)
     resume = ctx.load_checkpoint()
     if resume is not None:
         ctx.report(job.progress, "resuming from the last checkpoint")

@@ -8,9 +8,21 @@ from sqlmodel import select
 
 from loop_helpers import queue_training, radiomics_project, validate_train
 from pipeline.refresh import unreviewed_pool
+from pipeline.training import training_set
 from pipeline.worker import serve
 from store import labels, registry, review
-from store.models import AuditEvent, Item, Job, JobStatus, Label, LabelKind, ModelVersion, Split
+from store.models import (
+    AuditEvent,
+    Item,
+    Job,
+    JobStatus,
+    Label,
+    LabelKind,
+    ModelVersion,
+    Project,
+    Source,
+    Split,
+)
 
 
 def test_validated_labels_train_a_model_that_is_evaluated_promoted_and_proposes(
@@ -89,3 +101,32 @@ def test_refresh_refines_task_model_masks_with_the_fm_and_spares_leased_items(
         assert head.predicted_iou is not None
         assert before[free] is None or head.id > before[free].id
         assert labels.head(s, leased.id) == before[leased.id]
+
+
+def test_training_set_weights_synthetic_items_and_leaves_out_rejected_and_holdout(
+        sqlite_store, radiomics):
+    store = sqlite_store
+    project, clinician, curator = radiomics_project(store, radiomics, validate=6,
+                                                    settings={"synthetic_weight": 0.25})
+    with store.session() as s:
+        train = s.exec(select(Item).where(Item.split == Split.train)
+                       .order_by(Item.id)).all()
+        real = train[0]
+        synthetic = Item(project_id=project.id, source=Source.synthetic, modality="MR",
+                         blob=real.blob, shape=real.shape, dtype=real.dtype,
+                         patient_pseudonym="synthetic", split=Split.train,
+                         provenance={"generator": "test"})
+        s.add(synthetic)
+        s.flush()
+        synthetic_id, rejected_id = synthetic.id, train[7].id
+        gt = labels.ground_truth(s, real.id).mask_blob
+    review.correct(store, clinician, synthetic_id, None, store.blobs.get_array(gt))
+    review.reject(store, clinician, rejected_id, None, "ambiguous")
+    validate_train(store, project.id, clinician, None, split=Split.holdout)
+    with store.session() as s:
+        project = s.get(Project, project.id)
+    samples, pairs, cfg = training_set(store, project)
+    ids = [item.id for item, _ in pairs]
+    assert ids == [i.id for i in train[:6]] + [synthetic_id]
+    assert [sm.weight for sm in samples] == [1.0] * 6 + [0.25]
+    assert cfg.synthetic_weight == 0.25 and cfg.image_size == 64

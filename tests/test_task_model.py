@@ -37,7 +37,8 @@ def test_unet_learns_bright_squares_and_predicts_on_the_image_grid():
     test = _squares(6, size=80, seed=1)  # another size: resized in and out
     preds = model.predict([s.image for s in test], ["MR"] * 6)
     assert preds[0].shape == (80, 80) and set(np.unique(preds[0])) <= {0, 3}
-    assert np.mean([_dice(p == 3, s.label_map == 3) for p, s in zip(preds, test)]) > 0.5
+    dices = [_dice(p == 3, s.label_map == 3) for p, s in zip(preds, test, strict=True)]
+    assert np.mean(dices) > 0.5
 
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run():
@@ -57,7 +58,7 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run():
         train(samples, cfg, on_epoch=stop_after_first)
     resumed, state = train(samples, cfg, resume=checkpoints[0])
     assert len(state.losses) == 3
-    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     other = TaskModelConfig(class_values=(3,), image_size=64, epochs=4, batch_size=4)
     with pytest.raises(InvalidInput, match="other training settings"):
