@@ -19,6 +19,8 @@ SESSION_SECONDS = float(os.environ.get("MEDLOOP_SESSION_HOURS") or 8) * 3600
 PAGES = {  # page file -> (title, icon, lowest role that may open it)
     "pages/review.py": ("Review", ":material/fact_check:", Role.clinician),
     "pages/dataset.py": ("Dataset", ":material/photo_library:", Role.curator),
+    "pages/training.py": ("Training", ":material/model_training:", Role.curator),
+    "pages/jobs.py": ("Jobs", ":material/work_history:", Role.curator),
     "pages/admin.py": ("Admin", ":material/admin_panel_settings:", Role.admin),
 }
 RANK = {Role.clinician: 1, Role.curator: 2, Role.admin: 3}

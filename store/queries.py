@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from sqlmodel import Session, func, select
 
-from store.models import Item, Label, LabelKind, Project
+from store.auth import require
+from store.models import Item, Label, LabelKind, Project, Role
 
 
 def projects(session: Session) -> list[Project]:
     return list(session.exec(select(Project).order_by(Project.name)).all())
+
+
+def projects_for(session: Session, user_id: int | None, minimum: Role) -> list[Project]:
+    """The projects, for a user with at least `minimum` role (else PermissionDenied)."""
+    require(session, user_id, minimum)
+    return projects(session)
 
 
 def split_counts(session: Session, project_id: int) -> dict[str, int]:
