@@ -9,6 +9,7 @@ with the same weights as one that was never interrupted.
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from pipeline.fm.device import select_device
 from store.errors import InvalidInput
 
 ARCHITECTURES = ("unet", "swinunetr")
@@ -84,6 +86,11 @@ class Sample:
     modality: str
     label_map: np.ndarray  # rows x cols of class values
     weight: float = 1.0  # sampling weight (real 1.0; synthetic: config.synthetic_weight)
+
+
+def task_device(requested: str | None = None) -> torch.device:
+    """`requested`, else MEDLOOP_TASK_DEVICE, else CUDA when present, else CPU."""
+    return select_device(requested or os.environ.get("MEDLOOP_TASK_DEVICE"))
 
 
 def build_network(cfg: TaskModelConfig) -> torch.nn.Module:
@@ -175,16 +182,18 @@ def train(
     resume: bytes | None = None,
     on_batch: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[bytes, TrainState], None] | None = None,
+    device: str | None = None,
 ) -> tuple[torch.nn.Module, TrainState]:
     """Train from scratch, or from a checkpoint's epoch; on_epoch gets a checkpoint after
     each epoch (and may raise to stop); on_batch(epoch, batch, batches, loss) reports."""
     if not samples:
         raise InvalidInput("no training samples")
-    net = build_network(cfg)
+    dev = task_device(device)
+    net = build_network(cfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     state = TrainState()
     if resume is not None:
-        ckpt = torch.load(io.BytesIO(resume), map_location="cpu", weights_only=False)
+        ckpt = torch.load(io.BytesIO(resume), map_location=dev, weights_only=False)
         if TaskModelConfig.from_dict(ckpt["config"]) != cfg:
             raise InvalidInput("the checkpoint was written with other training settings")
         net.load_state_dict(ckpt["model"])
@@ -211,7 +220,7 @@ def train(
         total, n = 0.0, 0
         for b, batch in enumerate(loader):
             opt.zero_grad()
-            loss = loss_fn(net(batch["image"]), batch["label"])
+            loss = loss_fn(net(batch["image"].to(dev)), batch["label"].to(dev))
             loss.backward()
             opt.step()
             total += loss.item() * len(batch["image"])
@@ -232,19 +241,21 @@ class TaskModel:
 
     def __init__(self, net: torch.nn.Module, cfg: TaskModelConfig):
         self.net, self.cfg = net.eval(), cfg
+        self.device = next(net.parameters()).device
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        torch.save({"model": self.net.state_dict(), "config": self.cfg.to_dict()}, buf)
+        state = {k: v.cpu() for k, v in self.net.state_dict().items()}
+        torch.save({"model": state, "config": self.cfg.to_dict()}, buf)
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> TaskModel:
+    def from_bytes(cls, data: bytes, device: str | None = None) -> TaskModel:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         cfg = TaskModelConfig.from_dict(ckpt["config"])
         net = build_network(cfg)
         net.load_state_dict(ckpt["model"])
-        return cls(net, cfg)
+        return cls(net.to(task_device(device)), cfg)
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], modalities: Sequence[str],
@@ -258,7 +269,7 @@ class TaskModel:
                              modalities[start:start + batch_size], strict=True))
             x = torch.stack([Resize(size, mode="bilinear", anti_aliasing=True)(
                 normalise(im, mod)).as_tensor() for im, mod in chunk])
-            logits = self.net(x)
+            logits = self.net(x.to(self.device)).float().cpu()
             for (im, _), lg in zip(chunk, logits, strict=True):
                 full = torch.nn.functional.interpolate(lg[None], size=im.shape[:2],
                                                        mode="bilinear", align_corners=False)
