@@ -125,6 +125,8 @@ def _table(versions: list[ModelVersion], classes: list[dict]) -> pd.DataFrame:
                "mean Dice": holdout.get("mean_dice")}
         for c in classes:
             row[f"Dice {c['name']}"] = (holdout.get("dice") or {}).get(str(c["value"]))
+            row[f"Dice {c['name']} (slices with it)"] = \
+                (holdout.get("dice_where_present") or {}).get(str(c["value"]))
         for c in classes:
             row[f"HD95 {c['name']} (mm)"] = (holdout.get("hd95") or {}).get(str(c["value"]))
         row |= {

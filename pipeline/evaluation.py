@@ -68,9 +68,10 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, class_values: Sequence[int],
     p = one_hot(torch.from_numpy(idx_pred)[None, None], n)
     r = one_hot(torch.from_numpy(idx_ref)[None, None], n)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, r)[0]
-    out = {"dice": {}, "hd95": {}}
+    out = {"dice": {}, "hd95": {}, "present": {}}
     for i, v in enumerate(class_values):
         out["dice"][str(v)] = float(dice[i])
+        out["present"][str(v)] = bool(r[0, i + 1].any())
         if p[0, i + 1].any() and r[0, i + 1].any():
             hd = HausdorffDistanceMetric(include_background=False, percentile=95,
                                          reduction="none")(p[:, [0, i + 1]], r[:, [0, i + 1]],
@@ -97,9 +98,16 @@ def summarise(per_case: dict[int, dict]) -> dict:
             return {"cases": 0}
         classes = rows[0]["dice"].keys()
         hd = {c: [r["hd95"][c] for r in rows if r["hd95"][c] is not None] for c in classes}
+        # Dice over the cases whose reference holds the class: on slices that are mostly
+        # empty, the all-case mean rewards a model that finds nothing.
+        found = {c: [r["dice"][c] for r in rows if r.get("present", {}).get(c)]
+                 for c in classes}
         return {"cases": len(rows),
                 "mean_dice": float(np.mean([r["mean_dice"] for r in rows])),
                 "dice": {c: float(np.mean([r["dice"][c] for r in rows])) for c in classes},
+                "dice_where_present": {c: (float(np.mean(v)) if v else None)
+                                       for c, v in found.items()},
+                "cases_with": {c: len(v) for c, v in found.items()},
                 "hd95": {c: (float(np.mean(v)) if v else None) for c, v in hd.items()}}
     rows = list(per_case.values())
     out = block(rows)

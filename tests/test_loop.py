@@ -4,6 +4,7 @@ validated labels -> train -> holdout evaluation -> promotion -> refreshed propos
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sqlmodel import select
 
 from loop_helpers import queue_training, radiomics_project, validate_train
@@ -53,6 +54,11 @@ def test_validated_labels_train_a_model_that_is_evaluated_promoted_and_proposes(
         assert holdout_metrics["cases"] == len(holdout)
         assert set(holdout_metrics["by_source"]) == {"real"}
         assert 0.0 <= holdout_metrics["dice"]["1"] <= 1.0
+        with_lesion = holdout_metrics["cases_with"]["1"]
+        assert 0 < with_lesion < len(holdout)  # the breast holdout: a few lesion slices
+        cases = mv.metrics["holdout_cases"].values()
+        assert holdout_metrics["dice_where_present"]["1"] == pytest.approx(
+            np.mean([c["dice"]["1"] for c in cases if c["present"]["1"]]))
         assert set(mv.metrics["holdout_cases"]) == {str(i) for i in holdout}
         assert mv.metrics["decision"]["promoted"] and "first task model" in \
             mv.metrics["decision"]["reason"]
