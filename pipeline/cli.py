@@ -132,8 +132,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from sqlmodel import select
 
-    from store.jobs import active_job, enqueue
+    from store.jobs import active_job
     from store.models import Project
+    from store.retraining import queue_training
 
     store = _store()
     with store.session(immediate=True) as s:
@@ -146,7 +147,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         if job is not None:
             print(f"training job {job.id} is already {job.status.value} for {args.project}")
             return 0
-        job = enqueue(s, "train", "cli", project.id, reason="medloop retrain")
+        job = queue_training(s, project.id, "cli", "medloop retrain")
         print(f"queued training job {job.id} for {args.project}; a worker will run it")
     return 0
 

@@ -87,10 +87,13 @@ def labels_since_training(session: Session, project_id: int) -> int:
     return session.exec(_validated(project_id).where(Label.id > watermark)).one()
 
 
-def _enqueue_training(session: Session, project_id: int, actor: str, reason: str) -> Job:
+def queue_training(session: Session, project_id: int, actor: str, reason: str,
+                   overrides: dict | None = None) -> Job:
+    """A training job that remembers the newest label id, so automatic retraining counts
+    only the labels after it. Callers check roles and the one-job-per-project rule."""
     watermark = session.exec(select(func.max(Label.id))).one() or 0
     return enqueue(session, "train", actor, project_id, reason=reason,
-                   label_watermark=int(watermark))
+                   label_watermark=int(watermark), overrides=overrides)
 
 
 def retrain_now(session: Session, user_id: int, project_id: int) -> tuple[Job, bool]:
@@ -103,7 +106,7 @@ def retrain_now(session: Session, user_id: int, project_id: int) -> tuple[Job, b
     if session.exec(_validated(project_id)).one() == 0:
         raise InvalidInput("there are no validated labels in the train split yet: accept or "
                            "correct some proposals first")
-    return _enqueue_training(session, project_id, user.name, f"Retrain now by {user.name}"), True
+    return queue_training(session, project_id, user.name, f"Retrain now by {user.name}"), True
 
 
 def maybe_retrain(session: Session, project_id: int, actor: str) -> Job | None:
@@ -115,7 +118,7 @@ def maybe_retrain(session: Session, project_id: int, actor: str) -> Job | None:
     new = labels_since_training(session, project_id)
     if new < k:
         return None
-    job = _enqueue_training(session, project_id, actor,
+    job = queue_training(session, project_id, actor,
                             f"{new} new validated labels (K = {k})")
     audit.record(session, actor, "train.auto", "project", project_id, labels=new, k=k,
                  job=job.id)

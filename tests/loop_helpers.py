@@ -12,9 +12,8 @@ from pathlib import Path
 from sqlmodel import select
 
 from pipeline.ingest import ingest
-from store import labels, review
+from store import labels, retraining, review
 from store.db import Store
-from store.jobs import enqueue
 from store.models import Item, Job, JobStatus, Project, Split
 from store.projects import create_project
 from store.retraining import update_training_settings
@@ -66,8 +65,8 @@ def validate_train(store: Store, project_id: int, clinician: int, n: int | None,
 
 def queue_training(store: Store, project_id: int, **overrides) -> int:
     with store.session() as s:
-        return enqueue(s, "train", "test", project_id,
-                       overrides=overrides or None).id
+        return retraining.queue_training(s, project_id, "test", "test",
+                                         overrides=overrides or None).id
 
 
 def start_worker(*args: str) -> subprocess.Popen:

@@ -273,3 +273,21 @@ def test_k_new_labels_queue_one_training_job_per_project(store, radiomics):
         update_training_settings(s, curator, project.id, retrain_after_labels=0)
         with pytest.raises(InvalidInput):
             update_training_settings(s, curator, project.id, image_size=100)
+
+
+def test_cli_retrain_queues_once_and_jobs_lists_it(sqlite_store, radiomics, capsys):
+    from pipeline.cli import main
+
+    project, clinician, _ = radiomics_project(sqlite_store, radiomics, validate=3)
+    assert main(["retrain", "--project", "radiomics"]) == 0
+    assert main(["retrain", "--project", "radiomics"]) == 0
+    assert main(["retrain", "--project", "nope"]) == 2
+    out = capsys.readouterr()
+    assert "queued training job 1" in out.out and "already queued" in out.out
+    assert "no project named 'nope'" in out.err
+    with sqlite_store.session() as s:
+        job = s.exec(select(Job)).one()
+        assert job.payload["label_watermark"] > 0
+        assert labels_since_training(s, project.id) == 0
+    assert main(["jobs"]) == 0
+    assert "train" in capsys.readouterr().out
