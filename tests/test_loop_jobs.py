@@ -291,3 +291,13 @@ def test_cli_retrain_queues_once_and_jobs_lists_it(sqlite_store, radiomics, caps
         assert labels_since_training(s, project.id) == 0
     assert main(["jobs"]) == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_kinds_that_have_not_landed_fail_saying_so(sqlite_store):
+    with sqlite_store.session() as s:
+        job_id = enqueue(s, "generate", "test").id
+    serve(sqlite_store, poll_s=0.05, once=True)
+    with sqlite_store.session() as s:
+        job = s.get(Job, job_id)
+    assert job.status == JobStatus.failed and job.attempts == 1
+    assert "diffusion synthesis is not part of this version yet" in job.error
