@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlmodel import select
-
 from pipeline.fm import FoundationModel, load_foundation_model
 from pipeline.fm.adapt import (
     AdaptSample,
@@ -17,11 +15,9 @@ from pipeline.fm.adapt import (
 from pipeline.proposals import fm_modality, item_embedding
 from store.db import Store
 from store.errors import InvalidInput, NotFound
-from store.labels import head
-from store.models import Item, LabelKind, ModelVersion, Split
+from store.labels import VALIDATED, heads
+from store.models import Item, ModelVersion, Split
 from store.registry import ensure_model_version
-
-VALIDATED = (LabelKind.accepted, LabelKind.corrected)
 
 
 def validated_items(store: Store, project_id: int) -> list[tuple[Item, str]]:
@@ -29,15 +25,10 @@ def validated_items(store: Store, project_id: int) -> list[tuple[Item, str]]:
 
     Holdout and test items are never trained on; rejected items are left out.
     """
-    out = []
     with store.session() as s:
-        items = s.exec(select(Item).where(Item.project_id == project_id,
-                                          Item.split == Split.train).order_by(Item.id)).all()
-        for item in items:
-            label = head(s, item.id)
-            if label is not None and label.kind in VALIDATED:
-                out.append((item, label.mask_blob))
-    return out
+        rows = heads(s, Item.project_id == project_id, Item.split == Split.train)
+    return [(item, label.mask_blob) for item, label in rows
+            if label is not None and label.kind in VALIDATED]
 
 
 def adapt_foundation_model(

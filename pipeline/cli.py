@@ -130,25 +130,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from sqlmodel import select
-
-    from store.jobs import active_job
-    from store.models import Project
-    from store.retraining import queue_training
+    from store.projects import get_project
+    from store.retraining import train_once
 
     store = _store()
     with store.session(immediate=True) as s:
-        project = s.exec(select(Project).where(Project.name == args.project)).first()
-        if project is None:
-            print(f"error: no project named {args.project!r} (see `medloop projects`)",
-                  file=sys.stderr)
-            return 2
-        job = active_job(s, project.id, "train")
-        if job is not None:
-            print(f"training job {job.id} is already {job.status.value} for {args.project}")
-            return 0
-        job = queue_training(s, project.id, "cli", "medloop retrain")
+        job, created = train_once(s, get_project(s, args.project).id, "cli", "medloop retrain")
+    if created:
         print(f"queued training job {job.id} for {args.project}; a worker will run it")
+    else:
+        print(f"training job {job.id} is already {job.status.value} for {args.project}")
     return 0
 
 

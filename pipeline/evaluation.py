@@ -14,14 +14,11 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
-from sqlmodel import select
 
 from pipeline.task_model import TaskModel
 from store import labels
 from store.db import Store
-from store.models import Item, LabelKind, Split
-
-VALIDATED = (LabelKind.accepted, LabelKind.corrected)
+from store.models import Item, Split
 
 
 @dataclass
@@ -37,11 +34,9 @@ class Case:
 def holdout_cases(store: Store, project_id: int) -> list[Case]:
     cases = []
     with store.session() as s:
-        items = s.exec(select(Item).where(Item.project_id == project_id,
-                                          Item.split == Split.holdout).order_by(Item.id)).all()
-        for item in items:
-            ref = labels.head(s, item.id)
-            if ref is None or ref.kind not in VALIDATED:
+        for item, ref in labels.heads(s, Item.project_id == project_id,
+                                      Item.split == Split.holdout):
+            if ref is None or ref.kind not in labels.VALIDATED:
                 ref = labels.ground_truth(s, item.id)
             if ref is None or ref.mask_blob is None:
                 continue

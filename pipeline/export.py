@@ -12,15 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from sqlmodel import select
 
 from pipeline.worker import JobContext
 from store import labels
 from store.db import Store
-from store.errors import InvalidInput, NotFound
-from store.models import Item, Job, LabelKind, Project
-
-VALIDATED = (LabelKind.accepted, LabelKind.corrected)
+from store.errors import InvalidInput
+from store.models import Item, Job
 
 
 def _nifti(array: np.ndarray, spacing: list[float] | None) -> bytes:
@@ -31,16 +28,10 @@ def _nifti(array: np.ndarray, spacing: list[float] | None) -> bytes:
 
 
 def export_dataset(store: Store, job: Job, ctx: JobContext) -> Path:
+    project = ctx.project()
     with store.session() as s:
-        project = s.get(Project, job.project_id) if job.project_id else None
-        if project is None:
-            raise NotFound(f"job {job.id} names no existing project")
-        rows = []
-        for item in s.exec(select(Item).where(Item.project_id == project.id)
-                           .order_by(Item.id)).all():
-            h = labels.head(s, item.id)
-            if h is not None and h.kind in VALIDATED:
-                rows.append((item, h))
+        rows = [(item, h) for item, h in labels.heads(s, Item.project_id == project.id)
+                if h is not None and h.kind in labels.VALIDATED]
     if not rows:
         raise InvalidInput(f"project {project.name} has no validated labels to export yet")
     out_dir = store.settings.data_dir / "exports"

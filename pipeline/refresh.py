@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 from sqlalchemy import or_
-from sqlmodel import select
 
 from pipeline.fm import FoundationModel, try_load_foundation_model
 from pipeline.proposals import MIN_COMPONENT_PX, item_embedding, segment_classes
@@ -21,7 +20,7 @@ from pipeline.worker import JobContext
 from store import labels, registry
 from store.db import Store
 from store.errors import InvalidInput
-from store.models import Item, Job, LabelKind, ModelVersion, Project, utcnow
+from store.models import Item, Job, LabelKind, ModelVersion, utcnow
 from store.registry import ensure_model_version
 
 BATCH = 8
@@ -31,16 +30,10 @@ def unreviewed_pool(store: Store, project_id: int) -> list[int]:
     """Items without a review decision and not leased now, in queue order."""
     now = utcnow()
     with store.session() as s:
-        items = s.exec(select(Item).where(
-            Item.project_id == project_id,
-            or_(Item.leased_by.is_(None), Item.lease_expires_at < now))
-            .order_by(Item.priority.desc(), Item.id)).all()
-        out = []
-        for item in items:
-            h = labels.head(s, item.id)
-            if h is None or h.kind == LabelKind.proposal:
-                out.append(item.id)
-    return out
+        rows = labels.heads(s, Item.project_id == project_id,
+                            or_(Item.leased_by.is_(None), Item.lease_expires_at < now),
+                            order_by=(Item.priority.desc(), Item.id))
+    return [item.id for item, h in rows if h is None or h.kind == LabelKind.proposal]
 
 
 def _record(store: Store, item_id: int, label_map: np.ndarray, author: tuple[int, str],
@@ -61,8 +54,8 @@ def _record(store: Store, item_id: int, label_map: np.ndarray, author: tuple[int
 
 
 def refresh_proposals(store: Store, job: Job, ctx: JobContext) -> dict:
+    project = ctx.project()
     with store.session() as s:
-        project = s.get(Project, job.project_id)
         mv_id = job.payload.get("model_version_id")
         mv = s.get(ModelVersion, mv_id) if mv_id else registry.champion(s, job.project_id)
         if mv is None or mv.blob is None:

@@ -13,8 +13,6 @@ import hashlib
 import json
 import time
 
-from sqlmodel import Session, select
-
 from pipeline.adaptation import validated_items
 from pipeline.evaluation import compare, holdout_cases, score_cases, summarise
 from pipeline.task_model import Sample, TaskModel, TaskModelConfig, train
@@ -45,14 +43,6 @@ def training_set_hash(pairs: list[tuple[int, str]], cfg: TaskModelConfig) -> str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _project(store: Store, job: Job) -> Project:
-    with store.session() as s:
-        project = s.get(Project, job.project_id) if job.project_id is not None else None
-    if project is None:
-        raise NotFound(f"job {job.id} names no existing project")
-    return project
-
-
 def training_set(store: Store, project: Project, overrides: dict | None = None
                  ) -> tuple[list[Sample], list[tuple[Item, str]], TaskModelConfig]:
     """The train split's validated labels as weighted samples, and the training config."""
@@ -70,10 +60,10 @@ def training_set(store: Store, project: Project, overrides: dict | None = None
 
 
 def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
-    project = _project(store, job)
+    project = ctx.project()
     name = f"task-{training_settings(project)['architecture']}-j{job.id}"
     with store.session() as s:
-        done = _version_named(s, project.id, name)
+        done = registry.find_version(s, "task", name, project.id)
     if done is not None:  # trained and registered before the worker died: nothing to redo
         ctx.report(100, f"{name} was already registered")
         return done
@@ -117,15 +107,9 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
     return mv
 
 
-def _version_named(s: Session, project_id: int, name: str) -> ModelVersion | None:
-    return s.exec(select(ModelVersion).where(ModelVersion.project_id == project_id,
-                                             ModelVersion.family == "task",
-                                             ModelVersion.name == name)).first()
-
-
 def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
     """Score a version on the holdout; with payload promote=True decide its promotion."""
-    project = _project(store, job)
+    project = ctx.project()
     mv_id = job.payload.get("model_version_id")
     with store.session() as s:
         mv = s.get(ModelVersion, mv_id) if mv_id is not None else None

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from store.db import Store
-from store.errors import MedloopError
+from store.errors import MedloopError, NotFound
 from store.jobs import (
     JobLost,
     claim_next,
@@ -26,7 +26,7 @@ from store.jobs import (
     interrupt,
     save_checkpoint,
 )
-from store.models import Job, JobStatus
+from store.models import Job, JobStatus, Project
 
 log = logging.getLogger("medloop.worker")
 
@@ -50,9 +50,14 @@ class JobContext:
         if not heartbeat(self.store, self.job.id, progress, message, worker=self.worker):
             raise Cancelled()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+    def project(self) -> Project:
+        """The job's project; NotFound (failing the job) when it names none."""
+        with self.store.session() as s:
+            project = s.get(Project, self.job.project_id) \
+                if self.job.project_id is not None else None
+        if project is None:
+            raise NotFound(f"job {self.job.id} names no existing project")
+        return project
 
     def stop_if_asked(self, message: str) -> None:
         if self._stop.is_set():

@@ -16,6 +16,17 @@ from store.errors import Conflict, InvalidInput, NotFound
 from store.models import Job, JobStatus, Role, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
+# Kinds of which a project has at most one queued or running job.
+SINGLE_PER_PROJECT = ("train", "propose")
+LOG_TAIL_CHARS = 4000
+
+
+def _log(job: Job, line: str, as_message: bool = True) -> None:
+    """Append a line to the job's log tail (its newest characters kept); by default it is
+    also the job's current message."""
+    job.log_tail = (job.log_tail + line + "\n")[-LOG_TAIL_CHARS:]
+    if as_message:
+        job.message = line
 
 
 def heartbeat_timeout_s() -> float:
@@ -82,8 +93,7 @@ def heartbeat(store: Store, job_id: int, progress: float | None = None,
         if progress is not None:
             job.progress = float(max(0.0, min(100.0, progress)))
         if message is not None:
-            job.message = message
-            job.log_tail = (job.log_tail + message + "\n")[-4000:]
+            _log(job, message)
         s.add(job)
         return not job.cancel_requested
 
@@ -131,8 +141,7 @@ def requeue_orphans(session: Session, actor: str, now=None) -> list[int]:
         else:
             job.status = JobStatus.queued
             note += "; requeued" + (" to resume from its checkpoint" if job.checkpoint else "")
-        job.log_tail = (job.log_tail + note + "\n")[-4000:]
-        job.message = note
+        _log(job, note)
         session.add(job)
         audit.record(session, actor, "job.orphaned", "job", job.id, kind=job.kind,
                      worker=job.worker, status=job.status.value)
@@ -147,8 +156,7 @@ def save_checkpoint(store: Store, job_id: int, blob: str, message: str | None = 
         job.checkpoint = blob
         job.heartbeat_at = utcnow()
         if message:
-            job.message = message
-            job.log_tail = (job.log_tail + message + "\n")[-4000:]
+            _log(job, message)
         s.add(job)
 
 
@@ -160,8 +168,7 @@ def interrupt(store: Store, job_id: int, message: str) -> Job:
         job.status = JobStatus.queued
         job.attempts = max(0, job.attempts - 1)
         job.heartbeat_at = utcnow()
-        job.message = message
-        job.log_tail = (job.log_tail + message + "\n")[-4000:]
+        _log(job, message)
         s.add(job)
         audit.record(s, job.worker or "worker", "job.interrupted", "job", job.id,
                      kind=job.kind)
@@ -209,14 +216,10 @@ def retry(session: Session, job_id: int, user_id: int) -> Job:
     job.cancel_requested = False
     job.not_before = None
     job.finished_at = None
-    job.log_tail = (job.log_tail + f"retried by {actor}\n")[-4000:]
+    _log(job, f"retried by {actor}", as_message=False)
     session.add(job)
     audit.record(session, actor, "job.retry", "job", job.id, kind=job.kind)
     return job
-
-
-# Kinds of which a project has at most one queued or running job.
-SINGLE_PER_PROJECT = ("train", "propose")
 
 
 def active_job(session: Session, project_id: int, kind: str) -> Job | None:

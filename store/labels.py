@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlalchemy import ColumnElement
+from sqlmodel import Session, func, select
 
 from store import audit
-from store.models import Label, LabelKind
+from store.models import Item, Label, LabelKind
 
 # Versions a reviewer sees and builds on; ground truth is for benchmarks and simulations only.
 REVIEW_KINDS = (LabelKind.proposal, LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
+# A clinician's yes: these heads are training data and holdout references.
+VALIDATED = (LabelKind.accepted, LabelKind.corrected)
 
 
 def head(session: Session, item_id: int) -> Label | None:
@@ -17,6 +20,18 @@ def head(session: Session, item_id: int) -> Label | None:
         select(Label).where(Label.item_id == item_id, Label.kind.in_(REVIEW_KINDS))
         .order_by(Label.id.desc()).limit(1)
     ).first()
+
+
+def heads(session: Session, *where: ColumnElement[bool], order_by: tuple = (Item.id,)
+          ) -> list[tuple[Item, Label | None]]:
+    """Items matching `where`, each with its head (as `head` gives it), in one query."""
+    newest = (select(Label.item_id, func.max(Label.id).label("head_id"))
+              .where(Label.kind.in_(REVIEW_KINDS)).group_by(Label.item_id).subquery())
+    q = (select(Item, Label).where(*where)
+         .outerjoin(newest, newest.c.item_id == Item.id)
+         .outerjoin(Label, Label.id == newest.c.head_id)
+         .order_by(*order_by))
+    return [(item, label) for item, label in session.exec(q).all()]
 
 
 def ground_truth(session: Session, item_id: int) -> Label | None:

@@ -11,16 +11,21 @@ from store.errors import Conflict, InvalidInput, NotFound
 from store.models import ModelVersion, Role
 
 
+def find_version(session: Session, family: str, name: str,
+                 project_id: int | None = None) -> ModelVersion | None:
+    q = select(ModelVersion).where(ModelVersion.family == family, ModelVersion.name == name)
+    q = q.where(ModelVersion.project_id == project_id) if project_id is not None \
+        else q.where(ModelVersion.project_id.is_(None))
+    return session.exec(q).first()
+
+
 def ensure_model_version(
     session: Session, family: str, name: str, actor: str, project_id: int | None = None,
     config: dict | None = None, blob: str | None = None, parent_id: int | None = None,
     status: str = "candidate",
 ) -> ModelVersion:
     """The version named `name` in this family (and project), registered on first use."""
-    q = select(ModelVersion).where(ModelVersion.family == family, ModelVersion.name == name)
-    q = q.where(ModelVersion.project_id == project_id) if project_id is not None \
-        else q.where(ModelVersion.project_id.is_(None))
-    found = session.exec(q).first()
+    found = find_version(session, family, name, project_id)
     if found is not None:
         return found
     mv = ModelVersion(family=family, name=name, project_id=project_id, config=config or {},

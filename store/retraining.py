@@ -11,9 +11,8 @@ from store.auth import require
 from store.db import is_sqlite
 from store.errors import InvalidInput, NotFound
 from store.jobs import active_job, enqueue
-from store.models import Item, Job, Label, LabelKind, Project, Role, Split
-
-VALIDATED = (LabelKind.accepted, LabelKind.corrected)
+from store.labels import VALIDATED
+from store.models import Item, Job, Label, Project, Role, Split
 
 # Settings a project may override (Project.training); the values are the defaults.
 DEFAULTS: dict[str, object] = {
@@ -96,17 +95,24 @@ def queue_training(session: Session, project_id: int, actor: str, reason: str,
                    label_watermark=int(watermark), overrides=overrides)
 
 
-def retrain_now(session: Session, user_id: int, project_id: int) -> tuple[Job, bool]:
-    """(job, created): the queued training job, or the one already queued or running."""
-    user = require(session, user_id, Role.curator)
+def train_once(session: Session, project_id: int, actor: str, reason: str,
+               require_labels: bool = False) -> tuple[Job, bool]:
+    """(job, created): a new training job, or the one already queued or running."""
     _project(session, project_id, lock=True)
     existing = active_job(session, project_id, "train")
     if existing is not None:
         return existing, False
-    if session.exec(_validated(project_id)).one() == 0:
+    if require_labels and session.exec(_validated(project_id)).one() == 0:
         raise InvalidInput("there are no validated labels in the train split yet: accept or "
                            "correct some proposals first")
-    return queue_training(session, project_id, user.name, f"Retrain now by {user.name}"), True
+    return queue_training(session, project_id, actor, reason), True
+
+
+def retrain_now(session: Session, user_id: int, project_id: int) -> tuple[Job, bool]:
+    """A curator's "Retrain now"."""
+    user = require(session, user_id, Role.curator)
+    return train_once(session, project_id, user.name, f"Retrain now by {user.name}",
+                      require_labels=True)
 
 
 def maybe_retrain(session: Session, project_id: int, actor: str) -> Job | None:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlmodel import select
@@ -69,10 +71,17 @@ def queue_training(store: Store, project_id: int, **overrides) -> int:
                                          overrides=overrides or None).id
 
 
-def start_worker(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", *args],
+@contextmanager
+def worker_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`medloop worker ARGS` as a process (this environment); killed if still alive after."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", *args],
                             env=os.environ.copy(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for(store: Store, job_id: int, test, timeout: float = 180.0) -> Job:

@@ -19,9 +19,9 @@ from loop_helpers import (
     finished,
     queue_training,
     radiomics_project,
-    start_worker,
     validate_train,
     wait_for,
+    worker_process,
 )
 from pipeline.evaluation import compare
 from pipeline.worker import serve
@@ -105,20 +105,17 @@ def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_version(
     monkeypatch.setenv("MEDLOOP_JOB_HEARTBEAT_TIMEOUT_S", "2")
     project, _, _ = radiomics_project(store, radiomics, settings={"epochs": 14})
     job_id = queue_training(store, project.id)
-    first = start_worker("--poll", "0.1")
-    try:
+    with worker_process("--poll", "0.1") as first:
         wait_for(store, job_id, lambda j: j.checkpoint is not None)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
-    finally:
-        first.kill()
     killed_at = wait_for(store, job_id, lambda j: True)
     assert killed_at.status == JobStatus.running  # the row still says running: nobody knows
     done_before = _epoch_lines(killed_at.log_tail, 14)
     assert done_before and done_before[-1] < 14, "the worker finished before it was killed"
     time.sleep(2.5)  # past the heartbeat timeout
-    second = start_worker("--once", "--poll", "0.1")
-    out, _ = second.communicate(timeout=300)
+    with worker_process("--once", "--poll", "0.1") as second:
+        out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     job = wait_for(store, job_id, finished)
     assert job.status == JobStatus.succeeded, job.error
@@ -138,13 +135,10 @@ def test_sigterm_checkpoints_and_requeues_the_training_job(sqlite_store, radiomi
     store = sqlite_store
     project, _, _ = radiomics_project(store, radiomics, settings={"epochs": 200})
     job_id = queue_training(store, project.id)
-    worker = start_worker("--poll", "0.1")
-    try:
+    with worker_process("--poll", "0.1") as worker:
         wait_for(store, job_id, lambda j: j.checkpoint is not None)
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=60)
-    finally:
-        worker.kill()
     assert worker.returncode == 0, out
     with store.session() as s:
         job = s.get(Job, job_id)
@@ -156,8 +150,7 @@ def test_cancel_stops_a_running_job(sqlite_store, radiomics):
     store = sqlite_store
     project, _, curator = radiomics_project(store, radiomics, settings={"epochs": 500})
     job_id = queue_training(store, project.id)
-    worker = start_worker("--once", "--poll", "0.1")
-    try:
+    with worker_process("--once", "--poll", "0.1") as worker:
         wait_for(store, job_id, lambda j: j.status == JobStatus.running and j.progress > 2)
         asked = time.monotonic()
         with store.session() as s:
@@ -165,8 +158,6 @@ def test_cancel_stops_a_running_job(sqlite_store, radiomics):
         job = wait_for(store, job_id, finished, timeout=60)
         stopped_s = time.monotonic() - asked
         out, _ = worker.communicate(timeout=60)
-    finally:
-        worker.kill()
     assert job.status == JobStatus.cancelled and worker.returncode == 0, out
     assert stopped_s < 30
     with store.session() as s:
@@ -179,12 +170,10 @@ def test_cancel_stops_a_running_job(sqlite_store, radiomics):
 def test_two_workers_never_run_the_same_job(store):
     with store.session() as s:
         ids = [enqueue(s, "noop", "test", sleep_s=0.02).id for _ in range(40)]
-    workers = [start_worker("--once", "--poll", "0.05") for _ in range(2)]
-    try:
+    with worker_process("--once", "--poll", "0.05") as one, \
+            worker_process("--once", "--poll", "0.05") as two:
+        workers = [one, two]
         outs = [w.communicate(timeout=180)[0] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
     assert [w.returncode for w in workers] == [0, 0], outs
     with store.session() as s:
         jobs = s.exec(select(Job).where(Job.id.in_(ids))).all()
