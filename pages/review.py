@@ -14,8 +14,8 @@ if "user" not in st.session_state or "store" not in st.session_state:
     st.switch_page("app.py")
 from sqlmodel import select
 
-from pipeline import proposals
 from pipeline import review_view as rv
+from pipeline.fm import proposals
 from store import labels, queries, review
 from store.errors import MedloopError, StaleEdit
 from store.models import Item, Label, Project

@@ -22,7 +22,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pipeline.imaging import AXES
-    from pipeline.ingest import ingest
+    from pipeline.ingest.importer import ingest
     from store.errors import NotFound
     from store.projects import create_project, get_project, parse_classes
 
@@ -123,7 +123,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.worker import serve
+    from pipeline.loop.worker import serve
 
     serve(_store(), poll_s=args.poll, once=args.once)
     return 0

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from sqlmodel import select
 
-from pipeline.ingest import IngestReport, ingest
+from pipeline.ingest.importer import IngestReport, ingest
 from store.db import Store
 from store.models import Project, Role, User
 from store.projects import create_project

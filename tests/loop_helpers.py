@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store import labels, retraining, review
 from store.db import Store
 from store.models import Item, Job, JobStatus, Project, Split

@@ -43,7 +43,7 @@ def demo_with_proposals(store: Store, fm=None, with_fm: int = 0) -> DemoResult:
     items = brain_items(store)
     if with_fm:
         from pipeline.demo import TISSUE_CLASSES
-        from pipeline.proposals import propose_item
+        from pipeline.fm.proposals import propose_item
 
         values = [c["value"] for c in TISSUE_CLASSES]
         for item in items[:with_fm]:

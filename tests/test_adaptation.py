@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from pipeline.adaptation import adapt_foundation_model, load_fm_version, validated_items
 from pipeline.bench.fm import dice
 from pipeline.fm import load_litemedsam
-from pipeline.ingest import ingest
-from pipeline.proposals import item_embedding, propose_item
+from pipeline.fm.adaptation import adapt_foundation_model, load_fm_version
+from pipeline.fm.proposals import item_embedding, propose_item
+from pipeline.ingest.importer import ingest
+from pipeline.task.training_set import validated_items
 from store import labels, review
 from store.errors import InvalidInput
 from store.models import Item, ModelVersion, Split

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from sqlmodel import select
 
 from phi_dicom import make_phi_dicom
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store.errors import NotFound
 from store.models import AuditEvent, Item, Label, Volume
 

@@ -21,7 +21,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage
 
 from phi_dicom import PRIVATE_VALUE, make_phi_dicom, phi_pixels
-from pipeline.deid import DEID_METHOD, deidentify, has_burned_in_phi, header_json, patient_pseudonym
+from pipeline.ingest.deid import (
+    DEID_METHOD,
+    deidentify,
+    has_burned_in_phi,
+    header_json,
+    patient_pseudonym,
+)
 from store.errors import InvalidInput
 
 SECRET = b"test-secret-0123456789"

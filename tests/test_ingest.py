@@ -17,7 +17,7 @@ from sqlmodel import SQLModel, select
 
 from phi_dicom import make_phi_dicom, phi_pixels
 from pipeline.imaging import uncut_slice
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store.models import Item, Label, LabelKind, Split, Volume
 
 # case: (axial slices, lesion voxels, axial slices with lesion) from shared/data/README.md

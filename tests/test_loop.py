@@ -8,9 +8,9 @@ import pytest
 from sqlmodel import select
 
 from loop_helpers import queue_training, radiomics_project, validate_train
-from pipeline.refresh import unreviewed_pool
-from pipeline.training import training_set
-from pipeline.worker import serve
+from pipeline.loop.propose import unreviewed_pool
+from pipeline.loop.worker import serve
+from pipeline.task.training_set import training_set
 from store import labels, registry, review
 from store.models import (
     AuditEvent,

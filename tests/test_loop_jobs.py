@@ -23,8 +23,8 @@ from loop_helpers import (
     wait_for,
     worker_process,
 )
-from pipeline.evaluation import compare
-from pipeline.worker import serve
+from pipeline.loop.worker import serve
+from pipeline.task.evaluation import compare
 from store import registry
 from store.errors import Conflict, InvalidInput, PermissionDenied
 from store.jobs import claim_next, enqueue, finish, request_cancel, retry

@@ -11,14 +11,14 @@ from sqlmodel import select
 
 from pipeline.bench.fm import dice
 from pipeline.fm import load_litemedsam
-from pipeline.ingest import ingest
-from pipeline.proposals import (
+from pipeline.fm.proposals import (
     item_embedding,
     propose_batch,
     propose_from_prompts,
     propose_item,
     refine,
 )
+from pipeline.ingest.importer import ingest
 from store import labels
 from store.errors import InvalidInput
 from store.models import AuditEvent, Item, ItemEmbedding, Label, LabelKind, ModelVersion, Project

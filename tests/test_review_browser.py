@@ -20,7 +20,7 @@ from browser import (
     wait_idle,
 )
 from pipeline.fm import load_foundation_model
-from pipeline.proposals import refine
+from pipeline.fm.proposals import refine
 from pipeline.review_view import Screen
 from review_helpers import brain_items, demo_with_proposals
 from store import labels

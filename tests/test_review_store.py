@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store import labels, review
 from store.auth import MAX_FAILED_LOGINS, authenticate
 from store.errors import InvalidInput, PermissionDenied, StaleEdit

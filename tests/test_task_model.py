@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.task_model import Sample, TaskModel, TaskModelConfig, normalise, train
+from pipeline.task.model import Sample, TaskModel, TaskModelConfig, normalise, train
 from store.errors import InvalidInput
 
 

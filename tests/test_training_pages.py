@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app
 from loop_helpers import validate_train
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store import registry, retraining
 from store.db import Store
 from store.errors import PermissionDenied

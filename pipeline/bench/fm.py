@@ -134,8 +134,8 @@ def run_batch_bench(out_csv: Path, n_items: int = 100) -> pd.DataFrame:
 
     from pipeline.demo import TISSUE_CLASSES, mni152_volumes
     from pipeline.fm import load_foundation_model
-    from pipeline.ingest import ingest
-    from pipeline.proposals import propose_batch
+    from pipeline.fm.proposals import propose_batch
+    from pipeline.ingest.importer import ingest
     from store import labels
     from store.db import Store
     from store.models import Item

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import text
 
-from pipeline.ingest import ingest
+from pipeline.ingest.importer import ingest
 from store.db import Store
 from store.projects import create_project
 from store.scratch import scratch_postgres

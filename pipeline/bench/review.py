@@ -121,7 +121,7 @@ def run(n_items: int, n_accepts: int, n_boxes: int, out_csv: Path,
         wait_idle,
     )
     from pipeline.fm import load_foundation_model
-    from pipeline.proposals import item_embedding
+    from pipeline.fm.proposals import item_embedding
     from pipeline.review_view import Screen
     from store.models import Item
 

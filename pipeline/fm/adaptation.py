@@ -12,23 +12,12 @@ from pipeline.fm.adapt import (
     state_from_bytes,
     state_to_bytes,
 )
-from pipeline.proposals import fm_modality, item_embedding
+from pipeline.fm.proposals import fm_modality, item_embedding
+from pipeline.task.training_set import validated_items
 from store.db import Store
 from store.errors import InvalidInput, NotFound
-from store.labels import VALIDATED, heads
-from store.models import Item, ModelVersion, Split
+from store.models import ModelVersion
 from store.registry import ensure_model_version
-
-
-def validated_items(store: Store, project_id: int) -> list[tuple[Item, str]]:
-    """Train-split items whose latest review is an accept or a correction, with its mask.
-
-    Holdout and test items are never trained on; rejected items are left out.
-    """
-    with store.session() as s:
-        rows = heads(s, Item.project_id == project_id, Item.split == Split.train)
-    return [(item, label.mask_blob) for item, label in rows
-            if label is not None and label.kind in VALIDATED]
 
 
 def adapt_foundation_model(

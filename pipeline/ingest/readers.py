@@ -224,7 +224,7 @@ def _dicom_affine(first: pydicom.Dataset, step: np.ndarray | None) -> np.ndarray
 
 def series_from_dicom(datasets: list[tuple[Path, pydicom.Dataset]], secret: bytes) -> Series:
     """One series from its files (single-frame slices or one multi-frame file), de-identified."""
-    from pipeline.deid import deidentify, has_burned_in_phi, header_json, patient_key
+    from pipeline.ingest.deid import deidentify, has_burned_in_phi, header_json, patient_key
 
     for path, ds in datasets:
         if has_burned_in_phi(ds):

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from pipeline.worker import JobContext
+from pipeline.loop.context import JobContext
 from store import labels
 from store.db import Store
 from store.errors import InvalidInput

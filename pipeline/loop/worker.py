@@ -1,6 +1,6 @@
 """`medloop worker`: a separate process that claims jobs from the store and runs them.
 
-Handlers register per job kind (`pipeline/handlers.py`). While a job runs, a thread beats
+Handlers register per job kind (`pipeline/loop/kinds.py`). While a job runs, a thread beats
 its heartbeat, so a worker that dies (killed, out of memory, machine gone) is noticed by
 the others, which requeue the job; a training job then resumes from its last checkpoint.
 SIGTERM/SIGINT lets the job in hand finish or checkpoint, then the worker exits.
@@ -13,77 +13,15 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
 
+from pipeline.loop.context import Cancelled, Interrupted, JobContext
+from pipeline.loop.kinds import HANDLERS, NOT_YET
 from store.db import Store
-from store.errors import MedloopError, NotFound
-from store.jobs import (
-    JobLost,
-    claim_next,
-    finish,
-    heartbeat,
-    heartbeat_timeout_s,
-    interrupt,
-    save_checkpoint,
-)
-from store.models import Job, JobStatus, Project
+from store.errors import MedloopError
+from store.jobs import JobLost, claim_next, finish, heartbeat, heartbeat_timeout_s, interrupt
+from store.models import Job, JobStatus
 
 log = logging.getLogger("medloop.worker")
-
-
-class Cancelled(Exception):
-    """A curator cancelled the job."""
-
-
-class Interrupted(Exception):
-    """The worker is shutting down; the job checkpointed (or has nothing to lose)."""
-
-
-class JobContext:
-    """What a handler gets besides the store and the job: progress, cancel, checkpoints."""
-
-    def __init__(self, store: Store, job: Job, worker: str, stop: threading.Event):
-        self.store, self.job, self.worker, self._stop = store, job, worker, stop
-
-    def report(self, progress: float, message: str | None = None) -> None:
-        """Progress (0-100) and a log line; raises Cancelled once a cancel was requested."""
-        if not heartbeat(self.store, self.job.id, progress, message, worker=self.worker):
-            raise Cancelled()
-
-    def project(self) -> Project:
-        """The job's project; NotFound (failing the job) when it names none."""
-        with self.store.session() as s:
-            project = s.get(Project, self.job.project_id) \
-                if self.job.project_id is not None else None
-        if project is None:
-            raise NotFound(f"job {self.job.id} names no existing project")
-        return project
-
-    def stop_if_asked(self, message: str) -> None:
-        if self._stop.is_set():
-            raise Interrupted(message)
-
-    def save_checkpoint(self, data: bytes, message: str | None = None) -> str:
-        sha, _ = self.store.blobs.put_bytes(data)
-        save_checkpoint(self.store, self.job.id, sha, message)
-        self.job.checkpoint = sha
-        return sha
-
-    def load_checkpoint(self) -> bytes | None:
-        return self.store.blobs.get_bytes(self.job.checkpoint) if self.job.checkpoint else None
-
-
-Handler = Callable[[Store, Job, JobContext], None]
-HANDLERS: dict[str, Handler] = {}
-# Job kinds the design names whose capability has not landed yet.
-NOT_YET = {"score": "active-learning scoring", "generate": "diffusion synthesis"}
-
-
-def handles(kind: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[kind] = fn
-        return fn
-    return register
 
 
 class _Pulse(threading.Thread):
@@ -107,9 +45,6 @@ class _Pulse(threading.Thread):
 
 def run_job(store: Store, job: Job, worker: str = "worker",
             stop: threading.Event | None = None) -> JobStatus:
-    # Handlers come with the worker; imported here so `store` stays free of pipeline code.
-    import pipeline.handlers  # noqa: F401
-
     handler = HANDLERS.get(job.kind)
     if handler is None:
         why = f"this medloop has no handler for {job.kind!r} jobs: " + (

@@ -1,6 +1,6 @@
 """The task model: a MONAI 2D UNet (or SwinUNETR) trained on validated label maps.
 
-No store here: samples in, weights out. `pipeline/training.py` feeds it from the store.
+No store here: samples in, weights out. `pipeline/task/training_set.py` feeds it from the store.
 Everything random is seeded per epoch (network init, sample order, augmentation), so an
 epoch is a function of the weights it starts from: a run resumed from a checkpoint ends
 with the same weights as one that was never interrupted.

@@ -14,9 +14,9 @@ import numpy as np
 from sqlalchemy import or_
 
 from pipeline.fm import FoundationModel, try_load_foundation_model
-from pipeline.proposals import MIN_COMPONENT_PX, item_embedding, segment_classes
-from pipeline.task_model import TaskModel
-from pipeline.worker import JobContext
+from pipeline.fm.proposals import MIN_COMPONENT_PX, item_embedding, segment_classes
+from pipeline.loop.context import JobContext
+from pipeline.task.model import TaskModel
 from store import labels, registry
 from store.db import Store
 from store.errors import InvalidInput

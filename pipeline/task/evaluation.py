@@ -15,7 +15,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
-from pipeline.task_model import TaskModel
+from pipeline.task.model import TaskModel
 from store import labels
 from store.db import Store
 from store.models import Item, Split

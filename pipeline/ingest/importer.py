@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.imaging import cut_slice, slice_spacing
-from pipeline.readers import (
+from pipeline.ingest.readers import (
     Series,
     check_size,
     file_format,
@@ -129,7 +129,7 @@ def _store_series(
     store: Store, project: Project, series: Series, mask: np.ndarray | None, actor: str,
     secret: bytes,
 ) -> tuple[int, int]:
-    from pipeline.deid import patient_pseudonym
+    from pipeline.ingest.deid import patient_pseudonym
 
     writer = _BlobWriter(store)
     try:

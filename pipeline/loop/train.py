@@ -9,54 +9,18 @@ cases; a promotion queues a `propose` job that refreshes the unreviewed pool.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
-from pipeline.adaptation import validated_items
-from pipeline.evaluation import compare, holdout_cases, score_cases, summarise
-from pipeline.task_model import Sample, TaskModel, TaskModelConfig, train
-from pipeline.worker import JobContext
+from pipeline.loop.context import JobContext
+from pipeline.task.evaluation import compare, holdout_cases, score_cases, summarise
+from pipeline.task.model import TaskModel, train
+from pipeline.task.training_set import training_set, training_set_hash
 from store import registry
 from store.db import Store
-from store.errors import InvalidInput, NotFound
+from store.errors import NotFound
 from store.jobs import active_job, enqueue
-from store.models import Item, Job, JobStatus, ModelVersion, Project, Source
+from store.models import Job, JobStatus, ModelVersion, Source
 from store.retraining import training_settings
-
-MIN_TRAINING_LABELS = 4
-
-
-def config_for(project: Project, channels: int, overrides: dict | None = None) -> TaskModelConfig:
-    settings = {**training_settings(project), **(overrides or {})}
-    return TaskModelConfig(
-        class_values=tuple(int(c["value"]) for c in project.label_classes),
-        architecture=str(settings["architecture"]), in_channels=channels,
-        image_size=int(settings["image_size"]), epochs=int(settings["epochs"]),
-        synthetic_weight=float(settings["synthetic_weight"]),
-        **{k: overrides[k] for k in ("learning_rate", "batch_size", "seed", "augment")
-           if overrides and k in overrides})
-
-
-def training_set_hash(pairs: list[tuple[int, str]], cfg: TaskModelConfig) -> str:
-    blob = json.dumps({"pairs": sorted(pairs), "config": cfg.to_dict()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def training_set(store: Store, project: Project, overrides: dict | None = None
-                 ) -> tuple[list[Sample], list[tuple[Item, str]], TaskModelConfig]:
-    """The train split's validated labels as weighted samples, and the training config."""
-    pairs = validated_items(store, project.id)
-    if len(pairs) < MIN_TRAINING_LABELS:
-        raise InvalidInput(f"{len(pairs)} validated label(s) in the train split; training needs "
-                           f"at least {MIN_TRAINING_LABELS}: review more items first")
-    first = store.blobs.get_array(pairs[0][0].blob)
-    cfg = config_for(project, 3 if first.ndim == 3 else 1, overrides)
-    samples = [Sample(store.blobs.get_array(item.blob), item.modality,
-                      store.blobs.get_array(mask_blob),
-                      cfg.synthetic_weight if item.source == Source.synthetic else 1.0)
-               for item, mask_blob in pairs]
-    return samples, pairs, cfg
 
 
 def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:

@@ -1,0 +1,1 @@
+"""Curation: validated-dataset exports, manifests and datasheets."""

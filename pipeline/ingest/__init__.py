@@ -1,0 +1,1 @@
+"""Ingest: readers (NIfTI, DICOM, raster), de-identification, and the import itself."""

@@ -1,0 +1,40 @@
+"""The registry of job kinds: kind name -> the step that runs it. `score` (active learning)
+and `generate` (synthesis) register here when those capabilities land; until then such a
+job fails saying so."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pipeline.curation.export import export_dataset
+from pipeline.loop.context import JobContext
+from pipeline.loop.propose import refresh_proposals
+from pipeline.loop.train import run_evaluation, run_training
+from store.db import Store
+from store.models import Job
+
+Handler = Callable[[Store, Job, JobContext], None]
+HANDLERS: dict[str, Handler] = {}
+# Job kinds the design names whose capability has not landed yet.
+NOT_YET = {"score": "active-learning scoring", "generate": "diffusion synthesis"}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+    return register
+
+
+@handles("noop")
+def noop(store: Store, job: Job, ctx: JobContext) -> None:
+    """A job that does nothing (optionally sleeps): checks a worker is alive; measures the
+    queue's own overhead."""
+    time.sleep(float(job.payload.get("sleep_s", 0.0)))
+
+
+handles("train")(run_training)
+handles("evaluate")(run_evaluation)
+handles("propose")(refresh_proposals)
+handles("export")(export_dataset)

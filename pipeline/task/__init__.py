@@ -1,0 +1,1 @@
+"""The task model: network, training set, training and holdout evaluation."""
