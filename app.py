@@ -58,7 +58,7 @@ def remember(user) -> None:  # noqa: ANN001
 def complete_sign_in(store: Store, check) -> None:  # noqa: ANN001
     """Run one sign-in check in its own transaction (a failure is recorded too); then go
     on as that user, or say why not."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         user, why = check(s)
         if user is not None:
             remember(user)

@@ -41,7 +41,7 @@ with users_tab:
         role = c2.selectbox("Role", ROLES)
         if st.form_submit_button("Create"):
             try:
-                with store.session() as s:
+                with store.session(immediate=True) as s:
                     _, password = admin.add_user(s, me, name, role)
                 st.success(f"Created {name}. First password (shown once): `{password}`")
             except MedloopError as exc:
@@ -56,16 +56,16 @@ with users_tab:
                             key="admin-role")
     try:
         if c1.button("Save role", disabled=new_role == target.role.value):
-            with store.session() as s:
+            with store.session(immediate=True) as s:
                 admin.set_role(s, me, target.id, new_role)
             st.rerun()
         label = "Enable" if target.disabled else "Disable"
         if c2.button(label):
-            with store.session() as s:
+            with store.session(immediate=True) as s:
                 admin.set_disabled(s, me, target.id, not target.disabled)
             st.rerun()
         if c3.button("Reset password"):
-            with store.session() as s:
+            with store.session(immediate=True) as s:
                 password = admin.new_password_for(s, me, target.id)
             st.success(f"New password for {who} (shown once): `{password}`")
     except MedloopError as exc:

@@ -42,7 +42,7 @@ with st.expander("Export validated labels"):
                "(CSV), built by the worker; follow it on the Jobs page.")
     if st.button("Export now"):
         try:
-            with store.session() as s:
+            with store.session(immediate=True) as s:
                 job = queue_export(s, st.session_state["user"]["id"], project.id)
             st.success(f"Export job #{job.id} queued")
         except MedloopError as exc:

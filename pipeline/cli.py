@@ -27,7 +27,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from store.projects import create_project, get_project, parse_classes
 
     store = _store()
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         try:
             project = get_project(s, args.project)
         except NotFound:
@@ -99,7 +99,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     from store.users import create_user, new_password, reset_password
 
     store = _store()
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         if args.action == "list":
             for u in s.exec(select(User).order_by(User.name)).all():
                 print(f"{u.name:20s} {u.role.value:10s}{' (disabled)' if u.disabled else ''}")

@@ -67,7 +67,7 @@ def pydicom_samples() -> list[Path]:
 def create_demo(store: Store, actor: str = "demo") -> DemoResult:
     """Create the demo projects and users if absent; safe to run again."""
     result = DemoResult()
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         have = set(s.exec(select(Project.name)).all())
         for name, role in DEMO_USERS.items():
             if not s.exec(select(User).where(User.name == name)).first():
@@ -75,7 +75,7 @@ def create_demo(store: Store, actor: str = "demo") -> DemoResult:
                 create_user(s, name, role, password, actor)
                 result.passwords[name] = password
     if BRAIN_PROJECT not in have:
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             project = create_project(s, BRAIN_PROJECT, "MR", TISSUE_CLASSES, actor)
         with tempfile.TemporaryDirectory() as tmp:
             image, labels = mni152_volumes(Path(tmp))
@@ -83,7 +83,7 @@ def create_demo(store: Store, actor: str = "demo") -> DemoResult:
                                                    actor=actor)
         result.created_projects.append(BRAIN_PROJECT)
     if DICOM_PROJECT not in have:
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             project = create_project(
                 s, DICOM_PROJECT, "CT", [{"name": "lesion", "value": 1, "color": "#e6194b"}],
                 actor)

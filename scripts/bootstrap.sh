@@ -60,6 +60,10 @@ start_postgres() {
   as_root su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='medloop'\"" \
     | grep -q 1 \
     || as_root su postgres -c "psql -qc \"CREATE ROLE medloop LOGIN CREATEDB PASSWORD 'medloop'\""
+  # DROP DATABASE ... WITH (FORCE) in the tests ends an autovacuum worker that may still be on
+  # a scratch database; without this role that fails now and then ("must be a member of the
+  # role whose process is being terminated").
+  as_root su postgres -c "psql -qc 'GRANT pg_signal_backend TO medloop'" >/dev/null
   export MEDLOOP_TEST_PG_URL="postgresql+psycopg://medloop:medloop@127.0.0.1:5432/postgres"
 }
 

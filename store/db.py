@@ -9,9 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 from store.blobs import BlobStore
+from store.errors import Busy, WriteNeedsImmediate
 from store.settings import Settings, load_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -59,6 +61,41 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# Server answers that mean "another transaction is in the way; the same work may succeed a
+# moment later": SQLite's locked / busy, PostgreSQL's lock, serialisation and deadlock codes.
+_SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+_PG_RETRYABLE = {"55P03", "40001", "40P01"}
+BUSY_MESSAGE = ("the database is busy with other work and nothing was saved: try again in a "
+                "moment")
+
+
+def is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_RETRYABLE:
+        return True
+    return any(m in str(orig).lower() for m in _SQLITE_BUSY)
+
+
+def _refuse_deferred_writes(session: Session) -> None:
+    """Make a write in a reader's transaction fail loudly, in tests and in production."""
+
+    @event.listens_for(session, "before_flush")
+    def _check(s, _ctx, _instances) -> None:  # noqa: ANN001
+        if s.new or s.dirty or s.deleted:
+            raise WriteNeedsImmediate(
+                "this transaction writes but was opened without immediate=True: use "
+                "store.session(immediate=True) for every transaction that writes")
+
+    @event.listens_for(session, "do_orm_execute")
+    def _check_statement(state) -> None:  # noqa: ANN001
+        if state.is_insert or state.is_update or state.is_delete:
+            raise WriteNeedsImmediate(
+                "this transaction runs an INSERT/UPDATE/DELETE but was opened without "
+                "immediate=True: use store.session(immediate=True)")
+
+
 class Store:
     """The engine plus the blob store for one data directory: what every caller holds."""
 
@@ -72,16 +109,26 @@ class Store:
     def session(self, immediate: bool = False) -> Iterator[Session]:
         """One transaction: commits on success, rolls back on any error.
 
-        immediate=True takes SQLite's write lock at BEGIN, so a read-then-write (claiming a
-        job, checking a label's head) cannot interleave with another writer.
+        A transaction that writes must say so: immediate=True takes SQLite's write lock at
+        BEGIN (waiting up to the busy timeout for it), so its reads and writes cannot
+        interleave with another writer's commit. Without it the session only reads; a write
+        raises WriteNeedsImmediate. Keep writing transactions short: they hold that lock.
+        A database that stays locked past the timeout raises Busy (nothing was saved).
         """
         bind = self.engine
         if immediate and is_sqlite(self.engine):
             bind = self.engine.execution_options(sqlite_immediate=True)
         with Session(bind, expire_on_commit=False) as s:
+            if not immediate:
+                _refuse_deferred_writes(s)
             try:
                 yield s
                 s.commit()
+            except DBAPIError as exc:
+                s.rollback()
+                if is_busy(exc):
+                    raise Busy(BUSY_MESSAGE) from exc
+                raise
             except BaseException:
                 s.rollback()
                 raise

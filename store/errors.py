@@ -27,3 +27,17 @@ class StaleEdit(MedloopError):
 
 class Conflict(MedloopError):
     """The action clashes with existing data (a duplicate name, say)."""
+
+
+class Busy(MedloopError):
+    """The database stayed locked by other work for longer than we wait: nothing was saved,
+    and the same action can simply be tried again."""
+
+
+class WriteNeedsImmediate(Exception):
+    """A programming error: a transaction wrote without taking the write lock up front.
+
+    On SQLite a read-then-write transaction that started as a reader fails at once with
+    "database is locked" when another connection commits in between, whatever the busy
+    timeout; `Store.session(immediate=True)` takes the lock at BEGIN instead.
+    """

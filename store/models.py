@@ -74,7 +74,11 @@ class Volume(SQLModel, table=True):
     source_format: str  # nifti | dicom | raster
     source_name: str  # file name for NIfTI / raster; a pseudonymous series key for DICOM
     modality: str
-    blob: str  # sha256 of the raw array (.npy), canonical orientation
+    # sha256 of the raw array (.npy), canonical orientation; also how a re-import of the same
+    # series is recognised.
+    blob: str = Field(index=True)
+    # DICOM: the de-identified (remapped) SeriesInstanceUID; None for NIfTI and raster files.
+    series_uid: str | None = Field(default=None, index=True)
     shape: list[int] = _json(nullable=False)
     dtype: str
     spacing: list[float] = _json(nullable=False)  # mm per array axis
@@ -122,7 +126,24 @@ class User(SQLModel, table=True):
     disabled: bool = False
     failed_logins: int = 0
     locked_until: datetime | None = None
+    # What the app remembers for this user across sessions (the last project, ...).
+    preferences: dict = _json(default_factory=dict, nullable=False)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class UserSession(SQLModel, table=True):
+    """A signed-in browser session, held on the server. The browser keeps only an opaque
+    token; this row keeps its sha256, so a copy of the database signs nobody in."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_sha256: str = Field(index=True, unique=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    last_seen_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    # Why it ended: signed out, expired, account locked / disabled, password reset.
+    end_reason: str | None = None
 
 
 class ModelVersion(SQLModel, table=True):
@@ -151,6 +172,9 @@ class Label(SQLModel, table=True):
     mask_blob: str | None = None  # integer label map, rows x cols; None for a rejection
     author_user_id: int | None = Field(default=None, foreign_key="user.id")
     author_model_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    # The model whose coarse mask prompted the author model (the task model behind an FM
+    # refinement); None when the author worked alone.
+    prompt_model_id: int | None = Field(default=None, foreign_key="modelversion.id")
     author: str  # display name: a user name, a model version name, or "import"
     predicted_iou: float | None = None
     dice_vs_parent: float | None = None
@@ -196,12 +220,16 @@ class AuditEvent(SQLModel, table=True):
 
 
 class Job(SQLModel, table=True):
-    __table_args__ = (Index("ix_job_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_job_status_created", "status", "created_at"),
+                      Index("ix_job_status_priority", "status", "priority"))
 
     id: int | None = Field(default=None, primary_key=True)
     project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
     kind: str  # propose | train | evaluate | score | generate | export
     status: JobStatus = JobStatus.queued
+    # Higher runs first; short jobs a person waits for outrank long background work
+    # (store/jobs.py PRIORITY).
+    priority: int = 0
     payload: dict = _json(default_factory=dict, nullable=False)
     progress: float = 0.0
     message: str = ""

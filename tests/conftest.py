@@ -66,7 +66,7 @@ def sqlite_store(tmp_path, monkeypatch) -> Store:
 
 def make_project(store: Store, name: str = "p", modality: str = "MR",
                  classes: list[dict] | None = None):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         return create_project(
             s, name, modality, classes or [{"name": "lesion", "value": 1, "color": "#ff0000"}],
             "test")

@@ -31,12 +31,12 @@ def radiomics_project(store: Store, data: Path, validate: int | None = None,
     """(project, clinician id, curator id); the first `validate` train items (all when None)
     carry validated labels, except the `keep_lesions` train slices with the largest lesions,
     which stay in the unreviewed pool."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         project = create_project(s, "radiomics", "MR",
                                  [{"name": "lesion", "value": 1, "color": "#ff0000"}], "test")
         clin = create_user(s, "clara", "clinician", "a long password", "test").id
         cur = create_user(s, "carl", "curator", "a long password", "test").id
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         update_training_settings(s, cur, project.id, **{**FAST, **(settings or {})})
     images = sorted(data.glob("*_image.nii.gz"))
     ingest(store, project, images, masks=[p.with_name(p.name.replace("_image", "_label"))
@@ -66,7 +66,7 @@ def validate_train(store: Store, project_id: int, clinician: int, n: int | None,
 
 
 def queue_training(store: Store, project_id: int, **overrides) -> int:
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         return retraining.queue_training(s, project_id, "test", "test",
                                          overrides=overrides or None).id
 

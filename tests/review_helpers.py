@@ -24,7 +24,7 @@ def brain_items(store: Store) -> list[Item]:
 
 def _mid_brain_first(store: Store) -> None:
     """Priorities that put the slices with most brain first (active learning's job later)."""
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         project = s.exec(select(Project).where(Project.name == BRAIN_PROJECT)).one()
         items = s.exec(select(Item).where(Item.project_id == project.id)).all()
         mid = (min(i.slice_index for i in items) + max(i.slice_index for i in items)) / 2
@@ -50,7 +50,7 @@ def demo_with_proposals(store: Store, fm=None, with_fm: int = 0) -> DemoResult:
             with store.session() as s:
                 gt = store.blobs.get_array(labels.ground_truth(s, item.id).mask_blob)
             propose_item(store, fm, item, gt, values, "ground truth", actor="test")
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         mv = ensure_model_version(s, "fm", TEST_FM, "test")
         for item in items[with_fm:]:
             gt = store.blobs.get_array(labels.ground_truth(s, item.id).mask_blob)

@@ -29,7 +29,7 @@ def test_adapted_decoder_is_registered_and_reloads(sqlite_store, radiomics, fm):
     project = make_project_simple(store, "brain")
     ingest(store, project, [radiomics / "brain1_image.nii.gz"],
            masks=[radiomics / "brain1_label.nii.gz"])
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         uid = create_user(s, "ana", "clinician", "a long password", "admin").id
         items = s.exec(select(Item).order_by(Item.slice_index)).all()
         gts = {i.id: store.blobs.get_array(labels.ground_truth(s, i.id).mask_blob)

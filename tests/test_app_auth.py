@@ -99,7 +99,7 @@ def test_admin_creates_and_disables_a_user(demo, sqlite_store):
 
 
 def test_store_refuses_admin_actions_from_other_roles(demo, sqlite_store):
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         ids = {u.name: u.id for u in s.exec(select(User)).all()}
         for who in ("clinician", "curator"):
             with pytest.raises(PermissionDenied, match="needs the admin role"):

@@ -45,7 +45,7 @@ def test_demo_is_real_data_and_runs_once(store):
 
 
 def test_worker_process_runs_and_fails_unknown_jobs_clearly(sqlite_store):
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         job_id = enqueue(s, "teleport", "tester").id
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "worker", "--once"],
                          capture_output=True, text=True, timeout=120, env=os.environ.copy())

@@ -114,7 +114,7 @@ def test_training_set_weights_synthetic_items_and_leaves_out_rejected_and_holdou
     store = sqlite_store
     project, clinician, curator = radiomics_project(store, radiomics, validate=6,
                                                     settings={"synthetic_weight": 0.25})
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         train = s.exec(select(Item).where(Item.split == Split.train)
                        .order_by(Item.id)).all()
         real = train[0]

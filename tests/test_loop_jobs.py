@@ -78,11 +78,11 @@ def test_worse_challenger_is_not_promoted_and_champion_stays(sqlite_store, radio
         # a curator may still roll forward or back by hand; the audit says who
         curator = s.exec(select(AuditEvent.actor).where(
             AuditEvent.action == "project.training_settings")).first()
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         from store.models import User
         cur = s.exec(select(User).where(User.name == curator)).one()
         registry.set_champion(s, cur.id, challenger.id)
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         assert registry.champion(s, project.id).id == challenger.id
         with pytest.raises(Conflict, match="already the champion"):
             registry.set_champion(s, cur.id, challenger.id)
@@ -153,7 +153,7 @@ def test_cancel_stops_a_running_job(sqlite_store, radiomics):
     with worker_process("--once", "--poll", "0.1") as worker:
         wait_for(store, job_id, lambda j: j.status == JobStatus.running and j.progress > 2)
         asked = time.monotonic()
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             request_cancel(s, job_id, curator)
         job = wait_for(store, job_id, finished, timeout=60)
         stopped_s = time.monotonic() - asked
@@ -168,7 +168,7 @@ def test_cancel_stops_a_running_job(sqlite_store, radiomics):
 
 
 def test_two_workers_never_run_the_same_job(store):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         ids = [enqueue(s, "noop", "test", sleep_s=0.02).id for _ in range(40)]
     with worker_process("--once", "--poll", "0.05") as one, \
             worker_process("--once", "--poll", "0.05") as two:
@@ -186,12 +186,12 @@ def test_two_workers_never_run_the_same_job(store):
 def test_orphaned_job_is_requeued_then_fails_after_its_attempts(sqlite_store, monkeypatch):
     store = sqlite_store
     monkeypatch.setenv("MEDLOOP_JOB_HEARTBEAT_TIMEOUT_S", "30")
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job_id = enqueue(s, "noop", "test").id
     for attempt in range(1, 4):
         job = claim_next(store, f"w{attempt}")
         assert job.id == job_id and job.attempts == attempt
-        with store.session() as s:  # the worker died: its heartbeat stops
+        with store.session(immediate=True) as s:  # the worker died: its heartbeat stops
             row = s.get(Job, job_id)
             row.heartbeat_at = utcnow() - timedelta(seconds=31)
             s.add(row)
@@ -205,10 +205,10 @@ def test_orphaned_job_is_requeued_then_fails_after_its_attempts(sqlite_store, mo
 def test_retry_requeues_failed_jobs_and_only_for_curators(sqlite_store, radiomics):
     store = sqlite_store
     project, clinician, curator = radiomics_project(store, radiomics, validate=0)
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job_id = enqueue(s, "export", "test", project.id).id
     serve(store, poll_s=0.05, once=True)
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         assert job.status == JobStatus.failed and "no validated labels" in job.error
         with pytest.raises(PermissionDenied):
@@ -256,7 +256,7 @@ def test_k_new_labels_queue_one_training_job_per_project(store, radiomics):
         holdout = s.exec(select(Item.id).where(Item.split == Split.holdout)).all()
     assert holdout
     validate_train(store, project.id, clinician, 9)  # one more train label: 6 >= 3
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         queued = s.exec(select(Job).where(Job.status == JobStatus.queued)).all()
         assert len(queued) == 1 and queued[0].kind == "train"
         update_training_settings(s, curator, project.id, retrain_after_labels=0)
@@ -283,7 +283,7 @@ def test_cli_retrain_queues_once_and_jobs_lists_it(sqlite_store, radiomics, caps
 
 
 def test_kinds_that_have_not_landed_fail_saying_so(sqlite_store):
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         job_id = enqueue(s, "generate", "test").id
     serve(sqlite_store, poll_s=0.05, once=True)
     with sqlite_store.session() as s:

@@ -106,7 +106,7 @@ def test_a_stale_accept_is_refused_and_writes_nothing(sqlite_store, signed_in):
     at, _ = signed_in
     item_id = _shown_item(at)
     # Between the render and the click a new proposal lands on the shown item.
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         mv = ensure_model_version(s, "fm", "test-fm-v2", "test")
         old = labels.head(s, item_id)
         newer = labels.record_proposal(s, item_id, old.mask_blob, mv.id, "test-fm-v2", 0.95,
@@ -165,7 +165,7 @@ def test_a_stale_save_keeps_the_edit_and_saves_it_after_reload(sqlite_store, sig
     assert "**Your correction:** 1 stroke(s)" in _text(at)
     assert at.button(key="review_accept").disabled and not at.button(key="review_save").disabled
 
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         mv = ensure_model_version(s, "fm", "test-fm-v2", "test")
         old = labels.head(s, item_id)
         newer = labels.record_proposal(s, item_id, old.mask_blob, mv.id, "test-fm-v2", 0.95,
@@ -213,7 +213,7 @@ def test_a_synthetic_item_carries_a_badge_with_its_generator(sqlite_store):
 
     demo = demo_with_proposals(sqlite_store)
     first = brain_items(sqlite_store)[0]
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         item = s.get(Item, first.id)
         item.source = Source.synthetic
         item.provenance = {"generator": "ddpm-brain-v3",

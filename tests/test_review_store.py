@@ -29,7 +29,7 @@ def queue(store, tmp_path):
     vol[4:10, 3:8, :] = 100
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
     ingest(store, project, [tmp_path / "v.nii.gz"])
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         mv = ensure_model_version(s, "fm", "test-fm", "test")
         items = s.exec(select(Item).order_by(Item.id)).all()
         sha, _ = store.blobs.put_array((store.blobs.get_array(items[0].blob) > 50)
@@ -80,7 +80,7 @@ def test_a_stale_save_is_refused_and_nothing_is_overwritten(store, queue):
     project, ana, ben = queue
     item = review.lease_next(store, ana, project.id)
     seen = _head(store, item.id).id
-    with store.session() as s:  # the model re-proposes while ana is drawing
+    with store.session(immediate=True) as s:  # the model re-proposes while ana is drawing
         mv = ensure_model_version(s, "fm", "test-fm-2", "test")
         labels.record_proposal(s, item.id, _head(store, item.id).mask_blob, mv.id,
                                "test-fm-2", 0.95, "worker", "test")
@@ -131,7 +131,7 @@ def test_reject_needs_a_reason(store, queue):
 
 def test_disabled_or_unknown_users_cannot_act(store, queue):
     project, ana, _ = queue
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         user = s.get(User, ana)
         user.disabled = True
         s.add(user)
@@ -143,13 +143,13 @@ def test_disabled_or_unknown_users_cannot_act(store, queue):
 
 def test_sign_in_locks_after_repeated_failures(store, queue):
     for _ in range(MAX_FAILED_LOGINS):
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             user, why = authenticate(s, "ana", "wrong password")
             assert user is None and why == "wrong user name or password"
     with store.session() as s:
         user, why = authenticate(s, "ana", "a long password")
     assert user is None and "locked for" in why
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         user, why = authenticate(s, "ben", "b long password")
         assert user.name == "ben" and why == ""
         fails = s.exec(select(AuditEvent).where(AuditEvent.action == "auth.fail")).all()
@@ -172,7 +172,7 @@ def test_progress_counts_today_and_accept_rate(store, queue):
 
 def test_concurrent_leases_never_hand_out_the_same_item(store, queue):
     project, ana, ben = queue
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         users = [ana, ben] + [create_user(s, f"c{i}", "clinician", "c long password",
                                           "admin").id for i in range(4)]
     got: dict[int, int] = {}
@@ -195,9 +195,9 @@ def test_concurrent_leases_never_hand_out_the_same_item(store, queue):
 def test_sso_identities_map_to_existing_enabled_accounts(store):
     from store.auth import sso_login
 
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         create_user(s, "dr.lee@hospital.example", "curator", "a long password", "admin")
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         user, why = sso_login(s, "dr.lee@hospital.example")
         assert user.role.value == "curator" and why == ""
         nobody, why = sso_login(s, "eve@elsewhere.example")

@@ -67,13 +67,13 @@ def test_corrupt_and_missing_blobs_raise_clear_errors(tmp_path):
 
 def test_a_failed_transaction_leaves_neither_row_nor_audit_event(store):
     with pytest.raises(RuntimeError):
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             create_project(s, "brain", "MR", parse_classes("lesion:1"), "tester")
             raise RuntimeError("power cut")
     with store.session() as s:
         assert s.exec(select(Project)).all() == []
         assert s.exec(select(AuditEvent)).all() == []
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         create_project(s, "brain", "MR", parse_classes("lesion:1"), "tester")
     with store.session() as s:
         (event,) = s.exec(select(AuditEvent)).all()
@@ -90,14 +90,14 @@ def test_bad_label_classes_are_refused():
 
 
 def test_labels_and_audit_events_are_immutable(store, project):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         item = Item(project_id=project.id, modality="MR", blob="0" * 64, shape=[2, 2],
                     dtype="uint8", patient_pseudonym="P-1", split="train")
         s.add(item)
         s.flush()
         s.add(Label(item_id=item.id, kind=LabelKind.proposal, mask_blob="1" * 64, author="fm"))
     with pytest.raises(ImmutableRow, match="immutable"):
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             label = s.exec(select(Label)).one()
             label.kind = LabelKind.accepted
             s.add(label)
@@ -106,7 +106,7 @@ def test_labels_and_audit_events_are_immutable(store, project):
 
 
 def test_users_hash_passwords_and_reset(store):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         create_user(s, "ana", "clinician", "correct horse battery", "admin")
     with store.session() as s:
         user = s.exec(select(User).where(User.name == "ana")).one()
@@ -119,7 +119,7 @@ def test_users_hash_passwords_and_reset(store):
             create_user(s, "bob", "surgeon", "another long one", "admin")
         with pytest.raises(InvalidInput, match="at least"):
             create_user(s, "bob", "clinician", "short", "admin")
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         reset_password(s, "ana", "a brand new password", "admin")
     with store.session() as s:
         user = s.exec(select(User).where(User.name == "ana")).one()
@@ -129,7 +129,7 @@ def test_users_hash_passwords_and_reset(store):
 
 
 def test_concurrent_claimers_never_share_a_job(store):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         for _ in range(20):
             enqueue(s, "noop", "tester")
     claimed: list[int] = []
@@ -152,7 +152,7 @@ def test_concurrent_claimers_never_share_a_job(store):
 
 
 def test_failed_job_is_retried_later_then_gives_up(store):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         job_id = enqueue(s, "noop", "tester").id
     for attempt in range(1, 4):
         job = claim_next(store, "w")

@@ -30,7 +30,7 @@ KEPT = ("champion kept: mean paired Dice change +0.004 is not above the margin 0
 
 def make_project(store: Store, name: str, modality: str,
                  classes: list[dict] | None = None):
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         return create_project(s, name, modality, classes or CLASSES[:1], "test")
 
 
@@ -43,7 +43,7 @@ def _version(store: Store, project_id: int, name: str, dice: float | None,
              decision: dict | None = None) -> int:
     """A task-model version with weights, train metrics and (optionally) an evaluation."""
     sha, _ = store.blobs.put_bytes(name.encode())
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         champ = registry.champion(s, project_id)
         mv = registry.ensure_model_version(
             s, "task", name, "test", project_id=project_id, blob=sha,
@@ -62,7 +62,7 @@ def _version(store: Store, project_id: int, name: str, dice: float | None,
 def registry_project(sqlite_store):
     """A project with three versions: v1 retired, v2 champion, v3 a rejected challenger."""
     project = make_project(sqlite_store, "liver", "CT", CLASSES)
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         curator = create_user(s, "carl", "curator", "a long password", "test").id
         clinician = create_user(s, "clara", "clinician", "a long password", "test").id
     ids = [
@@ -153,7 +153,7 @@ def test_rollback_from_the_page_makes_the_older_version_champion(sqlite_store,
 
 def test_retrain_now_queues_one_training_job_however_often_clicked(sqlite_store, radiomics):
     project = make_project(sqlite_store, "breast", "MR")
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         curator = create_user(s, "carl", "curator", "a long password", "test").id
         clinician = create_user(s, "clara", "clinician", "a long password", "test").id
     ingest(sqlite_store, project, [radiomics / "breast1_image.nii.gz"],
@@ -205,7 +205,7 @@ def test_clinicians_cannot_open_the_pages_and_the_store_refuses_them(sqlite_stor
         direct.run()
         assert "needs the curator role" in direct.exception[0].value
         assert not direct.button and not direct.dataframe
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         job = enqueue(s, "train", "test", project.id)
     calls = [lambda s: retraining.retrain_now(s, clinician, project.id),
              lambda s: retraining.update_training_settings(s, clinician, project.id, epochs=3),
@@ -215,7 +215,7 @@ def test_clinicians_cannot_open_the_pages_and_the_store_refuses_them(sqlite_stor
         with pytest.raises(PermissionDenied, match="needs the curator role"), \
                 sqlite_store.session() as s:
             call(s)
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         request_cancel(s, job.id, curator)
     with pytest.raises(PermissionDenied), sqlite_store.session() as s:
         retry(s, job.id, clinician)
@@ -224,16 +224,16 @@ def test_clinicians_cannot_open_the_pages_and_the_store_refuses_them(sqlite_stor
 
 def test_jobs_page_shows_errors_and_cancels_and_retries(sqlite_store, registry_project):
     project, curator, _, _ = registry_project
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         failed_id = enqueue(s, "export", "carl", project.id).id
     assert claim_next(sqlite_store, "worker-1").id == failed_id
     finish(sqlite_store, failed_id, JobStatus.failed,
            error="the disk is full: free space under the data directory, then Retry")
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         queued_id = enqueue(s, "train", "carl", project.id).id
         running_id = enqueue(s, "propose", "carl", project.id).id
     assert claim_next(sqlite_store, "worker-1").id == queued_id  # oldest first ...
-    with sqlite_store.session() as s:  # ... so put it back and run the propose job
+    with sqlite_store.session(immediate=True) as s:  # ... so put it back and run the propose job
         s.get(Job, queued_id).status = JobStatus.queued
         running = s.get(Job, running_id)
         running.status, running.progress, running.message = JobStatus.running, 42.0, \
@@ -274,12 +274,12 @@ def test_jobs_page_shows_errors_and_cancels_and_retries(sqlite_store, registry_p
 def test_training_and_jobs_pages_in_chromium(sqlite_store, registry_project):
     require_browser()
     project, _, _, _ = registry_project
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         failed_id = enqueue(s, "export", "carl", project.id).id
     claim_next(sqlite_store, "worker-1")
     finish(sqlite_store, failed_id, JobStatus.failed, error="the disk is full: free space "
            "under the data directory, then Retry")
-    with sqlite_store.session() as s:
+    with sqlite_store.session(immediate=True) as s:
         enqueue(s, "train", "carl", project.id)
     ARTIFACTS.mkdir(exist_ok=True)
     # Tall: Streamlit scrolls its main block itself, so a full-page shot is one viewport.

@@ -149,7 +149,7 @@ def run_batch_bench(out_csv: Path, n_items: int = 100) -> pd.DataFrame:
         store = Store(replace(load_settings(), data_dir=tmp / "data",
                               database_url=f"sqlite:///{tmp / 'data' / 'medloop.db'}"))
         store.upgrade()
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             project = create_project(s, "bench", "MR", TISSUE_CLASSES, "bench")
         image, tissue = mni152_volumes(tmp, z_step=1)
         ingest(store, project, [image], masks=[tissue], actor="bench")

@@ -42,7 +42,7 @@ def _one_run(db: str, case: Path, pg_url: str | None) -> dict:
             url = stack.enter_context(scratch_postgres(pg_url, "medloop_bench"))
         store = Store(replace(load_settings(), data_dir=data, database_url=url))
         store.upgrade()
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             project = create_project(s, "bench", "CT", [{"name": "lesion", "value": 1,
                                                          "color": "#ff0000"}], "bench")
         image = case.parent / f"{case.name}_image.nii.gz"

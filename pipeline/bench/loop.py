@@ -75,11 +75,11 @@ def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size:
     url = f"sqlite:///{data_dir / 'medloop.db'}"
     store = Store(replace(load_settings(), data_dir=data_dir, database_url=url))
     store.upgrade()
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         project = create_project(s, "bench-loop", "MR", CLASSES, "bench")
         clinician = create_user(s, CLINICIAN, Role.clinician, PASSWORD, "bench").id
         curator = create_user(s, CURATOR, Role.curator, PASSWORD, "bench").id
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         # Automatic retraining off: accepting pool items must not start training while the
         # idle latency is measured. Everything else stays at the project's defaults.
         overrides = {"retrain_after_labels": 0, "image_size": size}
@@ -105,7 +105,7 @@ def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size:
                                   spacing=[1.0, 1.0, 1.0], affine=None, axis=0,
                                   patient_pseudonym=f"bench-{patient}", slices=slices)
             patient += 1
-            with store.session() as s:
+            with store.session(immediate=True) as s:
                 # the split is decided per patient: a holdout fraction of 1 or 0 picks it
                 _, items = record_series(s, project, series, "bench",
                                          1.0 if split == "holdout" else 0.0, 0.0)
@@ -176,7 +176,7 @@ def _enqueue(store: Store, kind: str, n: int = 1, project_id: int | None = None,
              **payload: object) -> list[int]:
     from store.jobs import enqueue
 
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         jobs = [enqueue(s, kind, "bench", project_id, **payload) for _ in range(n)]
         s.flush()
         return [j.id for j in jobs]
@@ -375,7 +375,7 @@ def measure_review(b: Bench, worker: subprocess.Popen, log: Path, n: int,
     samples += review_latencies(b, n, "training")
     job = _job(b.store, train_id)
     still_training = job.status == JobStatus.running
-    with b.store.session() as s:
+    with b.store.session(immediate=True) as s:
         if job.status not in DONE:
             request_cancel(s, train_id, b.curator)
     wait_until(lambda: _all_done(b.store, [train_id]), worker, log, 300,

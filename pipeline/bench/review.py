@@ -70,7 +70,7 @@ def build_store(data_dir: Path, n_items: int, size: int = 128,
     store = Store(replace(load_settings(), data_dir=data_dir, database_url=url))
     store.upgrade()
     rng = np.random.default_rng(0)
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         project = create_project(s, "bench-review", "MR", CLASSES, "bench")
         create_user(s, USER, Role.clinician, PASSWORD, "bench")
     truth: dict[int, Lesion] = {}
@@ -89,7 +89,7 @@ def build_store(data_dir: Path, n_items: int, size: int = 128,
                               spacing=[1.0, 1.0, 1.0], affine=None, axis=0,
                               patient_pseudonym=f"bench-{v}")
         series.slices = slices
-        with store.session() as s:
+        with store.session(immediate=True) as s:
             _, items = record_series(s, project, series, "bench", 0.0, 0.0)
             mv = ensure_model_version(s, "fm", "bench-fm", "bench")
             for item, lesion in zip(items, lesions, strict=True):

@@ -39,7 +39,7 @@ def adapt_foundation_model(
     result = finetune(fm, samples, method=method, epochs=epochs, progress=progress, **options)
     adapted = apply_adaptation(fm, result.state, method)
     sha, _ = store.blobs.put_bytes(state_to_bytes(result.state))
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         base = ensure_model_version(s, "fm", fm.version, actor, config={
             "kind": fm.kind, "checkpoint_sha256": fm.checkpoint_sha256})
         mv = ensure_model_version(

@@ -55,7 +55,7 @@ def item_embedding(store: Store, fm: FoundationModel, item: Item) -> Embedding:
     image = store.blobs.get_array(item.blob)
     emb = fm.embed(image, fm_modality(item, image))
     sha, _ = store.blobs.put_bytes(embedding_to_bytes(emb))
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         embeddings.remember(s, item.id, version, sha)
     return emb
 
@@ -86,7 +86,7 @@ def segment_classes(
 def _record(store: Store, fm: FoundationModel, item: Item, label_map: np.ndarray,
             iou: float | None, prompts: str, actor: str) -> Label:
     sha, _ = store.blobs.put_array(label_map)
-    with store.session() as s:
+    with store.session(immediate=True) as s:
         mv = ensure_model_version(s, "fm", fm.version, actor, config={
             "kind": fm.kind, "checkpoint_sha256": fm.checkpoint_sha256})
         return labels.record_proposal(s, item.id, sha, mv.id, fm.version, iou, actor, prompts)

@@ -165,7 +165,7 @@ def _store_series(
             slices=slices, dicom_header=series.dicom_header,
         )
         s = store.settings
-        with store.session() as session:
+        with store.session(immediate=True) as session:
             current = session.get(Project, project.id)
             if current is None:
                 raise NotFound(f"project {project.name!r} was deleted during the import")
