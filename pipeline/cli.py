@@ -24,18 +24,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.imaging import AXES
     from pipeline.ingest.importer import ingest
     from store.errors import NotFound
-    from store.projects import create_project, get_project, parse_classes
+    from store.projects import ProjectSpec, get_project, parse_classes
 
     store = _store()
-    with store.session(immediate=True) as s:
+    with store.session() as s:
         try:
             project = get_project(s, args.project)
         except NotFound:
             if not args.classes:
                 raise
-            project = create_project(s, args.project, args.modality or "OT",
-                                     parse_classes(args.classes), "cli")
-            print(f"created project {args.project!r}")
+            # Created by ingest() with the first series that lands, so that an import in
+            # which every file is rejected leaves no empty project behind.
+            project = ProjectSpec(args.project, args.modality or "OT",
+                                  parse_classes(args.classes))
     bar = tqdm(total=None, unit="series", disable=args.quiet, file=sys.stderr)
 
     def progress(done: int, total: int, label: str) -> None:
@@ -46,11 +47,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     report = ingest(store, project, args.paths, masks=args.masks, axis=AXES[args.axis],
                     frame=args.frame, actor=args.actor, progress=progress,
-                    modality=args.modality)
+                    modality=args.modality, again=args.again)
     bar.close()
-    for r in report.rejected:
-        print(r.line(), file=sys.stderr)
+    if report.created_project:
+        print(f"created project {args.project!r}")
+    for line in [k.line() for k in report.skipped] + [r.line() for r in report.rejected]:
+        print(line, file=sys.stderr)
     print(report.summary())
+    if isinstance(project, ProjectSpec) and not report.created_project:
+        print(f"project {args.project!r} was not created: no file was imported; fix the files "
+              "above and run the command again", file=sys.stderr)
+    # A skip is not an error: the project holds that series already.
     return 1 if report.rejected else 0
 
 
@@ -196,6 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench.review import main as bench_main
     elif args.what == "loop":
         from pipeline.bench.loop import main as bench_main
+    elif args.what == "propose":
+        from pipeline.bench.propose import main as bench_main
     return bench_main(args.rest)
 
 
@@ -214,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--classes", help="create the project with these classes, 'lesion:1,...'")
     ing.add_argument("--modality",
                      help="modality of these images (CT, MR, XR, SM, ...); also a new project's")
+    ing.add_argument("--again", action="store_true",
+                     help="import series that the project holds already a second time "
+                          "(by default they are skipped and named)")
     ing.add_argument("--actor", default="cli", help="who to record in the audit log")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(fn=cmd_ingest)
@@ -256,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(fn=cmd_fm)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
-    bench.add_argument("what", choices=["ingest", "fm", "review", "loop"])
+    bench.add_argument("what", choices=["ingest", "fm", "review", "loop", "propose"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
     return p

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from store import audit
@@ -11,6 +13,16 @@ from store.errors import Conflict, InvalidInput, NotFound
 from store.models import Project
 
 DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """A project not created yet: an import creates it with its first series that lands, so
+    an import in which nothing lands leaves no empty project behind."""
+
+    name: str
+    modality: str
+    label_classes: list[dict] = field(default_factory=list)
 
 
 def parse_classes(spec: str) -> list[dict]:
@@ -40,17 +52,27 @@ def validate_classes(classes: list[dict]) -> None:
             raise InvalidInput(f"colour of class {c['name']!r} must look like '#ff0000'")
 
 
-def create_project(
-    session: Session, name: str, modality: str, label_classes: list[dict], actor: str
-) -> Project:
+def check_new_project(session: Session, name: str, label_classes: list[dict]) -> None:
+    """Raise what create_project would raise for this name and these classes, writing nothing."""
     if not name.strip():
         raise InvalidInput("a project needs a name")
     if session.exec(select(Project).where(Project.name == name)).first():
         raise Conflict(f"a project named {name!r} exists already")
     validate_classes(label_classes)
+
+
+def create_project(
+    session: Session, name: str, modality: str, label_classes: list[dict], actor: str
+) -> Project:
+    check_new_project(session, name, label_classes)
     project = Project(name=name, modality=modality.upper(), label_classes=label_classes)
     session.add(project)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # PostgreSQL: another transaction created the same name after our check above.
+        raise Conflict(f"a project named {name!r} was created at the same moment by someone "
+                       "else: use that project, or choose another name") from None
     audit.record(session, actor, "project.create", "project", project.id, name=name,
                  modality=project.modality, classes=[c["name"] for c in label_classes])
     return project

@@ -77,7 +77,8 @@ def test_split_is_decided_once_per_patient(sqlite_store, radiomics, tmp_path):
     img = radiomics / "breast1_image.nii.gz"
     first = ingest(sqlite_store, project, [img, radiomics / "brain2_image.nii.gz",
                                            radiomics / "brain1_image.nii.gz"])
-    again = ingest(sqlite_store, project, [img])  # same file name: the same patient key
+    # The same file again on purpose (again=True): the same patient key, the same split.
+    again = ingest(sqlite_store, project, [img], again=True)
     vols = {v.id: v for v in _volumes(sqlite_store)}
     assert vols[again.volume_ids[0]].split == vols[first.volume_ids[0]].split
 

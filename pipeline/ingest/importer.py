@@ -1,13 +1,18 @@
 """Import NIfTI, DICOM and 2D images into a project: validate, de-identify, store, split.
 
 Every file either lands whole (blobs, rows, audit event) or leaves nothing behind; the rest
-of the batch goes on, and the report lists each rejection with its reason.
+of the batch goes on, and the report lists each rejection with its reason. A series the
+project holds already (same raw array, or same DICOM series) is skipped unless asked again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +31,21 @@ from pipeline.ingest.readers import (
     series_from_dicom,
 )
 from store.db import Store
-from store.errors import InvalidInput, NotFound
-from store.imports import SeriesRecord, SliceRecord, record_series
+from store.errors import InvalidInput
+from store.imports import (
+    AlreadyImported,
+    EarlierImport,
+    SeriesRecord,
+    SliceRecord,
+    find_earlier_import,
+    record_series,
+    referenced_blobs,
+)
 from store.models import Project
+from store.projects import ProjectSpec, check_new_project, create_project
 
 Progress = Callable[[int, int, str], None]
+log = logging.getLogger("medloop.ingest")
 
 
 @dataclass
@@ -43,18 +58,34 @@ class Rejection:
 
 
 @dataclass
+class Skip:
+    """A file or series not imported because the project holds it already."""
+
+    path: str
+    reason: str
+
+    def line(self) -> str:
+        return f"SKIPPED {self.path}: {self.reason}"
+
+
+@dataclass
 class IngestReport:
     imported: list[tuple[str, int]] = field(default_factory=list)  # (source, items)
+    skipped: list[Skip] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     volume_ids: list[int] = field(default_factory=list)
+    # The project imported into; None when a new one was asked for and nothing landed.
+    project: Project | None = None
+    created_project: bool = False
 
     @property
     def n_items(self) -> int:
         return sum(n for _, n in self.imported)
 
     def summary(self) -> str:
+        skipped = f"{len(self.skipped)} already imported and skipped, " if self.skipped else ""
         return (f"{len(self.imported)} file(s)/series imported ({self.n_items} items), "
-                f"{len(self.rejected)} rejected")
+                f"{skipped}{len(self.rejected)} rejected")
 
 
 def deid_secret(store: Store) -> bytes:
@@ -62,9 +93,18 @@ def deid_secret(store: Store) -> bytes:
     path = store.settings.secret_file
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
+        # Written whole under a temporary name (mode 0600), then linked into place: two
+        # first imports at once agree on one key, and neither reads a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-secret-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another import made it first: use that one
+        finally:
+            os.unlink(tmp)
     return path.read_bytes()
 
 
@@ -106,6 +146,17 @@ def _load_mask(path: Path, image: Series, axis: int, classes: set[int], max_mb: 
     return mask.astype(np.uint8)
 
 
+def array_sha(arr: np.ndarray) -> str:
+    """The blob store's name for an array (sha256 of its .npy bytes), without writing it."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def _again_hint(earlier: EarlierImport) -> str:
+    return f"{earlier.describe()}; pass --again to import it a second time"
+
+
 class _BlobWriter:
     """Writes blobs and remembers which ones it created, to remove them if the file fails."""
 
@@ -120,15 +171,32 @@ class _BlobWriter:
         return sha
 
     def undo(self) -> None:
+        """Remove the blobs created here, except those rows point to by now: an import of the
+        same content may have landed meanwhile (the race a duplicate check can lose)."""
+        if not self.created:
+            return
+        try:
+            with self.store.session() as s:
+                keep = referenced_blobs(s, self.created)
+        except Exception:  # the database may be what failed
+            # Deleting a blob a committed row points to loses data; an orphan only costs space.
+            log.warning("kept %d blob(s) of a failed import: the database could not say "
+                        "whether another import uses them", len(self.created))
+            self.created.clear()
+            return
         for sha in self.created:
-            self.store.blobs.delete(sha)
+            if sha not in keep:
+                self.store.blobs.delete(sha)
         self.created.clear()
 
 
 def _store_series(
-    store: Store, project: Project, series: Series, mask: np.ndarray | None, actor: str,
-    secret: bytes,
-) -> tuple[int, int]:
+    store: Store, target: Project | ProjectSpec, series: Series, mask: np.ndarray | None,
+    actor: str, secret: bytes, volume_sha: str, again: bool,
+) -> tuple[Project, int, int]:
+    """Write the series' blobs, then its rows in one short transaction; (project, volume id,
+    items). A ProjectSpec target is created in that transaction, so it exists only if the
+    series lands."""
     from pipeline.ingest.deid import patient_pseudonym
 
     writer = _BlobWriter(store)
@@ -156,32 +224,55 @@ def _store_series(
                     blob=writer.put(img2d), shape=list(img2d.shape), dtype=str(img2d.dtype),
                     pixel_spacing=spacing, slice_index=k,
                     mask_blob=writer.put(m2d) if m2d is not None else None))
+        if volume_blob != volume_sha:
+            # Duplicates are recognised by array_sha(); it must name blobs as the store does.
+            raise RuntimeError("array_sha() no longer matches BlobStore.put_array: fix it")
         record = SeriesRecord(
             source_format=series.source_format, source_name=series.source_name,
-            modality=(series.modality or project.modality).upper(), blob=volume_blob,
+            modality=(series.modality or target.modality).upper(), blob=volume_blob,
             shape=list(arr.shape), dtype=str(arr.dtype), spacing=series.spacing,
             affine=series.affine.tolist() if series.affine is not None else None,
             axis=series.axis, patient_pseudonym=patient_pseudonym(series.patient_key, secret),
-            slices=slices, dicom_header=series.dicom_header,
+            slices=slices, dicom_header=series.dicom_header, series_uid=series.series_uid,
         )
         s = store.settings
         with store.session(immediate=True) as session:
-            current = session.get(Project, project.id)
-            if current is None:
-                raise NotFound(f"project {project.name!r} was deleted during the import")
-            volume, items = record_series(session, current, record, actor,
-                                          s.holdout_fraction, s.test_fraction)
-        return volume.id, len(items)
+            if isinstance(target, ProjectSpec):
+                project = create_project(session, target.name, target.modality,
+                                         target.label_classes, actor)
+            else:
+                project = target
+            # Checks again for an earlier import, under the lock: a concurrent import of the
+            # same series may have landed since the check before the blobs were written.
+            volume, items = record_series(session, project, record, actor,
+                                          s.holdout_fraction, s.test_fraction, again=again)
+        return project, volume.id, len(items)
     except BaseException:
-        # A blob that another import wrote at the same moment would be removed too; content
-        # addressing makes that a near-impossible coincidence, and a re-import restores it.
         writer.undo()
         raise
 
 
+def _unique(
+    files: list[Path], masks: list[Path], report: IngestReport
+) -> list[tuple[Path, Path | None]]:
+    """(image, mask) pairs, each image file once: a file named twice (or inside a folder also
+    given) is imported once, and a DICOM series does not get the same slice twice."""
+    pairs: list[tuple[Path, Path | None]] = []
+    seen: set[Path] = set()
+    for f, m in zip(files, masks or [None] * len(files), strict=True):
+        key = f.resolve()
+        if key in seen:
+            report.skipped.append(Skip(str(f), "given more than once in this import: "
+                                               "imported once"))
+            continue
+        seen.add(key)
+        pairs.append((f, m))
+    return pairs
+
+
 def ingest(
     store: Store,
-    project: Project,
+    project: Project | ProjectSpec,
     paths: Sequence[Path],
     masks: Sequence[Path] | None = None,
     axis: int = 2,
@@ -189,18 +280,28 @@ def ingest(
     actor: str = "cli",
     progress: Progress | None = None,
     modality: str | None = None,
+    again: bool = False,
 ) -> IngestReport:
     """Import files and folders; masks, when given, pair with the image files in order.
 
+    project: an existing project, or a ProjectSpec for one that is created together with the
+    first series that lands (report.project, report.created_project), so an import in which
+    every file is rejected creates nothing.
     modality overrides what the files say (NIfTI and PNG say nothing: the project's is used).
+    A series the project holds already (same raw array; for DICOM also the same de-identified
+    series UID) is skipped and named in report.skipped; again=True imports it once more.
     """
-    report = IngestReport()
+    report = IngestReport(project=project if isinstance(project, Project) else None)
+    if isinstance(project, ProjectSpec):
+        with store.session() as s:  # fail before reading any file, not at the first success
+            check_new_project(s, project.name, project.label_classes)
     files = expand_paths(paths)
     mask_files = expand_paths(masks) if masks else []
     if mask_files and len(mask_files) != len(files):
         raise InvalidInput(f"{len(files)} image file(s) but {len(mask_files)} mask file(s): "
                            "give one mask per image, in the same order")
-    mask_for = dict(zip(files, mask_files, strict=False)) if mask_files else {}
+    pairs = _unique(files, mask_files, report)
+    mask_for = {f: m for f, m in pairs if m is not None}
     classes = {int(c["value"]) for c in project.label_classes}
     secret = deid_secret(store)
     max_mb = store.settings.max_file_mb
@@ -208,7 +309,7 @@ def ingest(
     # Read DICOM headers first so that a series split over files is imported as one.
     units: list[tuple[str, Callable[[], Series], Path | None]] = []
     dicom_headers = []
-    for f in files:
+    for f, _ in pairs:
         try:
             if not f.exists():
                 raise InvalidInput("no such file: check the path")
@@ -231,6 +332,9 @@ def ingest(
         label = str(first) if len(group) == 1 else f"{first.parent} ({len(group)} files)"
         units.append((label, lambda g=group: series_from_dicom(g, secret), None))
 
+    target: Project | ProjectSpec = project
+    # What landed in this run, by content: even with again=True one run imports a series once.
+    landed: dict[str, tuple[str, int]] = {}  # "blob:<sha>" / "uid:<uid>" -> (label, volume)
     for i, (label, read, mask_path) in enumerate(units):
         if progress:
             progress(i, len(units), label)
@@ -238,12 +342,33 @@ def ingest(
             series = read()
             if modality:
                 series.modality = modality
+            sha = array_sha(series.array)
+            keys = [f"blob:{sha}"] + ([f"uid:{series.series_uid}"] if series.series_uid else [])
+            same = next((landed[k] for k in keys if k in landed), None)
+            if same is not None:
+                report.skipped.append(Skip(label, f"the same series as {same[0]}, imported "
+                                                  f"as volume {same[1]} earlier in this run"))
+                continue
+            if not again and isinstance(target, Project):
+                # Before any blob is written, so a skipped series leaves nothing behind.
+                with store.session() as s:
+                    earlier = find_earlier_import(s, target.id, sha, series.series_uid)
+                if earlier is not None:
+                    report.skipped.append(Skip(label, _again_hint(earlier)))
+                    continue
             mask = None
             if mask_path is not None:
                 mask = _load_mask(mask_path, series, axis, classes, max_mb)
-            volume_id, n = _store_series(store, project, series, mask, actor, secret)
+            created = isinstance(target, ProjectSpec)
+            target, volume_id, n = _store_series(store, target, series, mask, actor, secret,
+                                                 sha, again)
+            if created:
+                report.project, report.created_project = target, True
             report.imported.append((label, n))
             report.volume_ids.append(volume_id)
+            landed.update((k, (label, volume_id)) for k in keys)
+        except AlreadyImported as exc:  # a concurrent import of the same series landed first
+            report.skipped.append(Skip(label, _again_hint(exc.earlier)))
         except InvalidInput as exc:
             report.rejected.append(Rejection(label, str(exc)))
     if progress:

@@ -37,6 +37,7 @@ class Series:
     modality: str | None  # from the file when it says (DICOM); else the project's
     patient_key: str  # raw key; pseudonymised before anything is stored
     dicom_header: dict | None = None  # de-identified
+    series_uid: str | None = None  # DICOM: the de-identified (remapped) SeriesInstanceUID
     files: tuple[str, ...] = ()  # the paths it came from, for messages only
 
     @property
@@ -276,6 +277,7 @@ def series_from_dicom(datasets: list[tuple[Path, pydicom.Dataset]], secret: byte
         modality=str(first.get("Modality") or "") or None,
         patient_key=patient_key(first),  # the key deidentify() pseudonymised
         dicom_header=header_json(clean),
+        series_uid=str(clean.SeriesInstanceUID) if clean.get("SeriesInstanceUID") else None,
         files=tuple(str(p) for p, _ in datasets),
     )
 
