@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-if "user" not in st.session_state or "store" not in st.session_state:
-    # Reached by URL without app.py (Streamlit serves pages/ files before the entry script
-    # has declared its navigation): go through sign-in.
+if not st.session_state.get("check_session", lambda: False)():
+    # Every run checks the server-side session, also when Streamlit runs this file without
+    # app.py (it serves pages/ files by URL until the entry script declares its navigation).
+    st.session_state["wanted_page"] = "pages/jobs.py"
     st.switch_page("app.py")
 
 from store import jobs, queries

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from store import audit
+from store import audit, sessions
 from store.auth import require
 from store.errors import InvalidInput, NotFound, PermissionDenied
 from store.models import AuditEvent, Role, User
@@ -40,7 +40,7 @@ def set_role(session: Session, actor_id: int, user_id: int, role: str) -> User:
         raise PermissionDenied("you cannot take the admin role from yourself: ask another "
                                "admin")
     old, user.role = user.role, new
-    session.add(user)
+    session.add(user)  # open sessions read the role on their next interaction
     audit.record(session, admin.name, "user.role", "user", user.id, name=user.name,
                  old=old.value, new=new.value)
     return user
@@ -53,8 +53,10 @@ def set_disabled(session: Session, actor_id: int, user_id: int, disabled: bool) 
         raise PermissionDenied("you cannot disable your own account")
     user.disabled = disabled
     session.add(user)
+    ended = sessions.end_all(session, user.id, f"an admin ({admin.name}) disabled your "
+                             "account") if disabled else 0
     audit.record(session, admin.name, "user.disable" if disabled else "user.enable", "user",
-                 user.id, name=user.name)
+                 user.id, name=user.name, sessions_ended=ended)
     return user
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, select
 
-from store import audit
-from store.errors import PermissionDenied
+from store import audit, sessions
+from store.db import Store
+from store.errors import MedloopError, PermissionDenied
 from store.models import Role, User, utcnow
 from store.users import check_password
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
 RANK = {Role.clinician: 1, Role.curator: 2, Role.admin: 3}
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def require(session: Session, user_id: int | None, minimum: Role) -> User:
@@ -27,51 +32,92 @@ def require(session: Session, user_id: int | None, minimum: Role) -> User:
     return user
 
 
-def authenticate(session: Session, name: str, password: str) -> tuple[User | None, str]:
-    """(user, "") on success, else (None, why). Failures count toward a lockout.
+class SignInRefused(MedloopError):
+    """A sign-in that did not go through; the message says why and what to do."""
 
-    The caller commits either way, so a failed attempt is recorded.
+
+# Checked against when the user name is unknown, so a wrong name costs the same time as a
+# wrong password and the answer's timing does not tell which names exist.
+_DUMMY_HASH = "$2b$12$BCajf6cNPMTbdQH2tO5eCOlK/thyUXTi3UPRn3YbCDs/N1pHHdShq"
+
+
+def _refused(session: Session, name: str, user: User | None, reason: str, **details) -> str:
+    audit.record(session, name or "?", "auth.fail", "user", user.id if user else None,
+                 reason=reason, **details)
+    return reason
+
+
+def sign_in(store: Store, name: str, password: str) -> tuple[User, str]:
+    """(user, session token) for a right password; else SignInRefused, after recording the
+    attempt (failures count toward a lockout; attempts while locked are logged too).
+
+    The bcrypt check (~0.25 s) runs outside any transaction; the outcome is then written in
+    one short transaction that takes the write lock up front, so a busy worker cannot make
+    it fail half-way.
     """
-    user = session.exec(select(User).where(User.name == name)).first()
+    with store.session() as s:
+        found = s.exec(select(User).where(User.name == name)).first()
+    right = check_password(password, found.password_hash if found else _DUMMY_HASH)
     now = utcnow()
-    if user is None:
-        audit.record(session, name or "?", "auth.fail", "user", None, reason="unknown user")
-        return None, "wrong user name or password"
-    if user.disabled:
-        audit.record(session, name, "auth.fail", "user", user.id, reason="disabled")
-        return None, "this account is disabled: ask an admin"
-    if user.locked_until is not None and user.locked_until > now:
-        minutes = int((user.locked_until - now).total_seconds() // 60) + 1
-        return None, (f"too many failed sign-ins: locked for {minutes} more minute(s), or ask "
-                      "an admin to reset the password")
-    if not check_password(password, user.password_hash):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = now + LOCKOUT
+    with store.session(immediate=True) as s:
+        user = s.exec(select(User).where(User.name == name)).first()
+        why = None
+        if user is None:
+            why = _refused(s, name, None, "wrong user name or password", cause="unknown user")
+        elif user.disabled:
+            why = _refused(s, name, user, "this account is disabled: ask an admin",
+                           cause="disabled")
+        elif user.locked_until is not None and _aware(user.locked_until) > now:
+            minutes = int((_aware(user.locked_until) - now).total_seconds() // 60) + 1
+            why = _refused(s, name, user, f"this account is locked after too many failed "
+                           f"sign-ins: try again in {minutes} minute(s), or ask an admin to "
+                           "reset the password", cause="locked")
+        elif not right or found is None or user.password_hash != found.password_hash:
+            user.failed_logins += 1
+            if user.failed_logins >= MAX_FAILED_LOGINS:
+                user.locked_until = now + LOCKOUT
+                user.failed_logins = 0
+                ended = sessions.end_all(s, user.id, "your account was locked after "
+                                         f"{MAX_FAILED_LOGINS} failed sign-ins")
+                why = _refused(s, name, user, f"wrong password, {MAX_FAILED_LOGINS} times in a "
+                               f"row: the account is now locked for "
+                               f"{int(LOCKOUT.total_seconds() // 60)} minutes (an admin can "
+                               "unlock it by resetting the password)", cause="wrong password",
+                               locked=True, sessions_ended=ended)
+            else:
+                why = _refused(s, name, user, "wrong user name or password",
+                               cause="wrong password", failures=user.failed_logins)
+            s.add(user)
+        else:
             user.failed_logins = 0
-        session.add(user)
-        audit.record(session, name, "auth.fail", "user", user.id, reason="wrong password",
-                     locked=user.locked_until is not None and user.locked_until > now)
-        return None, "wrong user name or password"
-    user.failed_logins = 0
-    user.locked_until = None
-    session.add(user)
-    audit.record(session, name, "auth.login", "user", user.id)
-    return user, ""
+            user.locked_until = None
+            s.add(user)
+            token = sessions.start(s, user)
+            audit.record(s, name, "auth.login", "user", user.id)
+    if why is not None:
+        raise SignInRefused(why)
+    return user, token
 
 
-def sso_login(session: Session, email: str | None) -> tuple[User | None, str]:
+def sso_sign_in(store: Store, email: str | None) -> tuple[User, str]:
     """Map an identity the organisation's OIDC provider vouched for to a local account.
 
     Roles stay in medloop: the account must exist (named by the e-mail) and be enabled.
     """
     if not email:
-        return None, "the identity provider sent no e-mail address: ask IT to release it"
-    user = session.exec(select(User).where(User.name == email)).first()
-    if user is None:
-        audit.record(session, email, "auth.fail", "user", None, reason="no account", sso=True)
-        return None, f"no medloop account for {email}: ask an admin to create one"
-    if user.disabled:
-        return None, "this account is disabled: ask an admin"
-    audit.record(session, email, "auth.login", "user", user.id, sso=True)
-    return user, ""
+        raise SignInRefused("the identity provider sent no e-mail address: ask IT to "
+                            "release it")
+    with store.session(immediate=True) as s:
+        user = s.exec(select(User).where(User.name == email)).first()
+        why = None
+        if user is None:
+            why = _refused(s, email, None, f"no medloop account for {email}: ask an admin to "
+                           "create one", sso=True)
+        elif user.disabled:
+            why = _refused(s, email, user, "this account is disabled: ask an admin", sso=True)
+        else:
+            token = sessions.start(s, user)
+            audit.record(s, email, "auth.login", "user", user.id, sso=True)
+    if why is not None:
+        raise SignInRefused(why)
+    return user, token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,7 +17,13 @@ from store.blobs import BlobStore
 from store.errors import Busy, WriteNeedsImmediate
 from store.settings import Settings, load_settings
 
+# How long a writer waits for SQLite's write lock before giving up with Busy.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_busy_timeout_ms() -> int:
+    raw = os.environ.get("MEDLOOP_SQLITE_BUSY_TIMEOUT_S")
+    return int(float(raw) * 1000) if raw else SQLITE_BUSY_TIMEOUT_MS
 
 
 def _normalise_url(url: str) -> str:
@@ -26,15 +33,18 @@ def _normalise_url(url: str) -> str:
     return url
 
 
-@lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    url = _normalise_url(url)
+    return _engine(_normalise_url(url), sqlite_busy_timeout_ms())
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, busy_ms: int) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            url, connect_args={"check_same_thread": False, "timeout": busy_ms / 1000}
         )
 
         @event.listens_for(engine, "connect")
@@ -44,7 +54,7 @@ def engine_for(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 

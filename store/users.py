@@ -7,7 +7,7 @@ import secrets
 import bcrypt
 from sqlmodel import Session, select
 
-from store import audit
+from store import audit, sessions
 from store.errors import Conflict, InvalidInput, NotFound
 from store.models import Role, User
 
@@ -52,5 +52,24 @@ def reset_password(session: Session, name: str, password: str, actor: str) -> Us
     user.failed_logins = 0
     user.locked_until = None
     session.add(user)
-    audit.record(session, actor, "user.reset_password", "user", user.id, name=name)
+    # Whoever had the old password (or a session opened with it) is signed out.
+    ended = sessions.end_all(session, user.id, f"your password was reset by {actor}: sign in "
+                             "with the new one")
+    audit.record(session, actor, "user.reset_password", "user", user.id, name=name,
+                 sessions_ended=ended)
     return user
+
+
+def preferences(session: Session, user_id: int) -> dict:
+    user = session.get(User, user_id)
+    return dict(user.preferences or {}) if user is not None else {}
+
+
+def remember(store, user_id: int, **values: object) -> None:  # noqa: ANN001
+    """Keep per-user choices (the last project, ...) for the next session and page."""
+    with store.session(immediate=True) as s:
+        user = s.get(User, user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} does not exist")
+        user.preferences = {**(user.preferences or {}), **values}
+        s.add(user)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.demo import create_demo
 from store import admin
+from store.auth import MAX_FAILED_LOGINS
 from store.errors import PermissionDenied
-from store.models import AuditEvent, User
+from store.models import AuditEvent, User, UserSession, utcnow
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -69,17 +70,71 @@ def test_curator_opens_dataset_but_not_admin(demo):
     assert "needs the admin role" in at.error[0].value
 
 
-def test_session_expires(demo):
-    fresh = _sign_in("clinician", demo["clinician"]).session_state["user"]
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["user"] = {**fresh, "since": time.time() - 9 * 3600}  # 8 h allowed
-    at.run()
-    assert not _on_review(at)
-    assert any("session expired" in i.value for i in at.info)
-    assert at.text_input[0].label == "User name"
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["user"] = {**fresh, "since": time.time() - 7 * 3600}
-    assert _on_review(at.run())
+def _signed_out_because(at: AppTest, why: str) -> bool:
+    """The tab shows the sign-in form again, with the reason."""
+    return (not _on_review(at) and at.text_input[0].label == "User name"
+            and any(why in i.value for i in at.info))
+
+
+def test_session_expires_on_the_server(demo, sqlite_store):
+    at = _sign_in("clinician", demo["clinician"])
+    assert _on_review(at)
+    with sqlite_store.session(immediate=True) as s:  # 8 hours later
+        row = s.exec(select(UserSession)).one()
+        row.expires_at = utcnow() - timedelta(minutes=1)
+        s.add(row)
+    assert _signed_out_because(at.run(), "your session expired")
+    with sqlite_store.session() as s:
+        assert s.exec(select(UserSession)).one().end_reason == "your session expired"
+
+
+def test_a_password_reset_ends_the_open_session(demo, sqlite_store):
+    at = _sign_in("clinician", demo["clinician"])
+    with sqlite_store.session(immediate=True) as s:
+        ids = {u.name: u.id for u in s.exec(select(User)).all()}
+        admin.new_password_for(s, ids["admin"], ids["clinician"])
+    assert _signed_out_because(at.run(), "your password was reset by admin")
+    # The old token is dead for good: a tab still holding it is not let back in.
+    token = at.session_state["dead_tokens"]
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.session_state["session_token"] = next(iter(token))
+    assert not _on_review(again.run())
+
+
+def test_a_lockout_ends_the_open_session(demo, sqlite_store):
+    at = _sign_in("clinician", demo["clinician"])
+    for _ in range(MAX_FAILED_LOGINS):  # someone else guesses in another browser
+        other = _sign_in("clinician", "guess guess guess")
+    assert "now locked" in other.error[0].value
+    assert _signed_out_because(at.run(), "locked after 5 failed sign-ins")
+    with sqlite_store.session() as s:
+        events = [e.action for e in s.exec(select(AuditEvent).where(
+            AuditEvent.action.startswith("auth.")).order_by(AuditEvent.id)).all()]
+    assert events == ["auth.login"] + ["auth.fail"] * MAX_FAILED_LOGINS
+
+
+def test_disabling_ends_and_a_role_change_updates_the_open_session(demo, sqlite_store):
+    clin = _sign_in("clinician", demo["clinician"])
+    cur = _sign_in("curator", demo["curator"])
+    with sqlite_store.session(immediate=True) as s:
+        ids = {u.name: u.id for u in s.exec(select(User)).all()}
+        admin.set_role(s, ids["admin"], ids["clinician"], "curator")
+        admin.set_disabled(s, ids["admin"], ids["curator"], True)
+    assert _signed_out_because(cur.run(), "disabled your account")
+    clin.run()
+    assert _on_review(clin) and clin.session_state["user"]["role"] == "curator"
+    clin.switch_page("pages/dataset.py").run()  # a curator's page, now in the navigation
+    assert "Dataset" in _titles(clin) and not clin.exception
+
+
+def test_sign_out_ends_the_server_session(demo, sqlite_store):
+    at = _sign_in("clinician", demo["clinician"])
+    token = at.session_state["session_token"]
+    next(b for b in at.button if b.label == "Sign out").click().run()
+    assert at.text_input[0].label == "User name" and not at.info
+    with sqlite_store.session() as s:
+        row = s.exec(select(UserSession)).one()
+    assert row.token_sha256 != token and row.end_reason == "you signed out"
 
 
 def test_admin_creates_and_disables_a_user(demo, sqlite_store):

@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlmodel import select
-from streamlit.testing.v1 import AppTest
 
 from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app
 from pipeline.demo import BRAIN_PROJECT, DICOM_PROJECT, create_demo
 from store.jobs import enqueue
 from store.models import Item, Job, JobStatus, Label, LabelKind, Project, User
 from store.users import check_password
+from tests_helpers import signed_in_app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,11 +56,7 @@ def test_worker_process_runs_and_fails_unknown_jobs_clearly(sqlite_store):
 
 def test_dataset_page_lists_demo_projects(sqlite_store):
     create_demo(sqlite_store)
-    with sqlite_store.session() as s:
-        curator = s.exec(select(User).where(User.name == "curator")).one()
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
-    at.session_state["user"] = {"id": curator.id, "name": "curator", "role": "curator",
-                                "since": time.time()}
+    at = signed_in_app(sqlite_store, "curator", timeout=60)
     at.run().switch_page("pages/dataset.py").run()
     assert not at.exception
     assert at.selectbox[0].options == [BRAIN_PROJECT, DICOM_PROJECT]

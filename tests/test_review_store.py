@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from pipeline.ingest.importer import ingest
 from store import labels, review
-from store.auth import MAX_FAILED_LOGINS, authenticate
+from store.auth import MAX_FAILED_LOGINS, SignInRefused, sign_in
 from store.errors import InvalidInput, PermissionDenied, StaleEdit
 from store.models import AuditEvent, Item, Label, LabelKind, User
 from store.registry import ensure_model_version
@@ -142,18 +142,24 @@ def test_disabled_or_unknown_users_cannot_act(store, queue):
 
 
 def test_sign_in_locks_after_repeated_failures(store, queue):
-    for _ in range(MAX_FAILED_LOGINS):
-        with store.session(immediate=True) as s:
-            user, why = authenticate(s, "ana", "wrong password")
-            assert user is None and why == "wrong user name or password"
+    for i in range(MAX_FAILED_LOGINS):
+        with pytest.raises(SignInRefused) as refused:
+            sign_in(store, "ana", "wrong password")
+        if i < MAX_FAILED_LOGINS - 1:
+            assert str(refused.value) == "wrong user name or password"
+    # The attempt that locks says so; it does not pretend to be one more wrong password.
+    assert "now locked for 15 minutes" in str(refused.value)
+    with pytest.raises(SignInRefused, match="locked after too many failed sign-ins"):
+        sign_in(store, "ana", "a long password")
+    user, token = sign_in(store, "ben", "b long password")
+    assert user.name == "ben" and len(token) >= 32
     with store.session() as s:
-        user, why = authenticate(s, "ana", "a long password")
-    assert user is None and "locked for" in why
-    with store.session(immediate=True) as s:
-        user, why = authenticate(s, "ben", "b long password")
-        assert user.name == "ben" and why == ""
-        fails = s.exec(select(AuditEvent).where(AuditEvent.action == "auth.fail")).all()
-        assert len(fails) == MAX_FAILED_LOGINS
+        fails = s.exec(select(AuditEvent).where(AuditEvent.action == "auth.fail")
+                       .order_by(AuditEvent.id)).all()
+    # Every failed attempt is logged, the one made while locked included.
+    assert [e.details["cause"] for e in fails] == ["wrong password"] * MAX_FAILED_LOGINS + [
+        "locked"]
+    assert fails[MAX_FAILED_LOGINS - 1].details["locked"] is True
 
 
 def test_progress_counts_today_and_accept_rate(store, queue):
@@ -193,13 +199,13 @@ def test_concurrent_leases_never_hand_out_the_same_item(store, queue):
 
 
 def test_sso_identities_map_to_existing_enabled_accounts(store):
-    from store.auth import sso_login
+    from store.auth import sso_sign_in
 
     with store.session(immediate=True) as s:
-        create_user(s, "dr.lee@hospital.example", "curator", "a long password", "admin")
-    with store.session(immediate=True) as s:
-        user, why = sso_login(s, "dr.lee@hospital.example")
-        assert user.role.value == "curator" and why == ""
-        nobody, why = sso_login(s, "eve@elsewhere.example")
-        assert nobody is None and "ask an admin to create one" in why
-        assert sso_login(s, None)[0] is None
+        create_user(s, "dr.lee@hospital.example", "curator", "a long password", "test")
+    user, token = sso_sign_in(store, "dr.lee@hospital.example")
+    assert user.role.value == "curator" and token
+    with pytest.raises(SignInRefused, match="ask an admin to create one"):
+        sso_sign_in(store, "eve@elsewhere.example")
+    with pytest.raises(SignInRefused, match="no e-mail"):
+        sso_sign_in(store, None)

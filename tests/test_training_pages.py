@@ -3,7 +3,6 @@ now, rollback, the live job list with Cancel and Retry; AppTest and one browser 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from store.jobs import claim_next, enqueue, finish, heartbeat, request_cancel, r
 from store.models import Job, JobStatus, ModelVersion
 from store.projects import create_project
 from store.users import create_user
+from tests_helpers import signed_in_app
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [{"name": "lesion", "value": 1, "color": "#ff0000"},
@@ -78,10 +78,8 @@ def registry_project(sqlite_store):
     return project, curator, clinician, ids
 
 
-def _app(user_id: int, name: str, role: str, page: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
-    at.session_state["user"] = {"id": user_id, "name": name, "role": role,
-                                "since": time.time()}
+def _app(store: Store, name: str, page: str) -> AppTest:
+    at = signed_in_app(store, name, timeout=60)
     at.run().switch_page(page).run()
     assert not at.exception, at.exception
     return at
@@ -95,7 +93,7 @@ def _status(store: Store, model_version_id: int) -> str:
 def test_training_page_shows_champion_and_why_the_challenger_was_kept_out(
         sqlite_store, registry_project):
     project, curator, _, ids = registry_project
-    at = _app(curator, "carl", "curator", "pages/training.py")
+    at = _app(sqlite_store, "carl", "pages/training.py")
     assert [t.value for t in at.title] == ["Training"]
     assert {m.label: m.value for m in at.metric}["Champion"] == "task-unet-j2"
     assert "Champion kept" in at.warning[0].value and "task-unet-j3" in at.warning[0].value
@@ -128,7 +126,7 @@ def test_training_page_shows_champion_and_why_the_challenger_was_kept_out(
 def test_a_version_being_evaluated_is_shown_as_such(sqlite_store, registry_project):
     project, curator, _, _ = registry_project
     _version(sqlite_store, project.id, "task-unet-j4", None)  # trained, not yet evaluated
-    at = _app(curator, "carl", "curator", "pages/training.py")
+    at = _app(sqlite_store, "carl", "pages/training.py")
     assert "task-unet-j4: waiting for its holdout evaluation" in at.info[0].value
     row = at.dataframe[0].value.iloc[0]
     assert row["version"] == "task-unet-j4"
@@ -138,7 +136,7 @@ def test_a_version_being_evaluated_is_shown_as_such(sqlite_store, registry_proje
 def test_rollback_from_the_page_makes_the_older_version_champion(sqlite_store,
                                                                  registry_project):
     project, curator, _, (v1, v2, v3) = registry_project
-    at = _app(curator, "carl", "curator", "pages/training.py")
+    at = _app(sqlite_store, "carl", "pages/training.py")
     choice = at.selectbox(key=f"promote-{project.id}")
     assert set(choice.options) == {"task-unet-j3 (rejected, Dice 0.804)",
                                    "task-unet-j1 (retired, Dice 0.710)"}
@@ -154,13 +152,13 @@ def test_rollback_from_the_page_makes_the_older_version_champion(sqlite_store,
 def test_retrain_now_queues_one_training_job_however_often_clicked(sqlite_store, radiomics):
     project = make_project(sqlite_store, "breast", "MR")
     with sqlite_store.session(immediate=True) as s:
-        curator = create_user(s, "carl", "curator", "a long password", "test").id
+        create_user(s, "carl", "curator", "a long password", "test")
         clinician = create_user(s, "clara", "clinician", "a long password", "test").id
     ingest(sqlite_store, project, [radiomics / "breast1_image.nii.gz"],
            masks=[radiomics / "breast1_label.nii.gz"])
     assert validate_train(sqlite_store, project.id, clinician, 1)  # one corrected label
 
-    at = _app(curator, "carl", "curator", "pages/training.py")
+    at = _app(sqlite_store, "carl", "pages/training.py")
     assert "1 new validated labels since the last training" in at.caption[0].value
     at.button(key="retrain").click().run()
     with sqlite_store.session() as s:
@@ -182,7 +180,7 @@ def test_retrain_now_queues_one_training_job_however_often_clicked(sqlite_store,
 
 def test_retrain_now_without_validated_labels_says_what_to_do(sqlite_store, registry_project):
     _, curator, _, _ = registry_project
-    at = _app(curator, "carl", "curator", "pages/training.py")
+    at = _app(sqlite_store, "carl", "pages/training.py")
     at.button(key="retrain").click().run()
     assert "no validated labels in the train split yet" in at.error[0].value
 
@@ -190,9 +188,7 @@ def test_retrain_now_without_validated_labels_says_what_to_do(sqlite_store, regi
 def test_clinicians_cannot_open_the_pages_and_the_store_refuses_them(sqlite_store,
                                                                      registry_project):
     project, curator, clinician, (v1, _, _) = registry_project
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
-    at.session_state["user"] = {"id": clinician, "name": "clara", "role": "clinician",
-                                "since": time.time()}
+    at = signed_in_app(sqlite_store, "clara", timeout=60)
     at.run()
     for page in ("pages/training.py", "pages/jobs.py"):  # not in a clinician's navigation
         with pytest.raises(ValueError, match="Known pages: .*review.py'\\]"):
@@ -240,7 +236,7 @@ def test_jobs_page_shows_errors_and_cancels_and_retries(sqlite_store, registry_p
             "proposing 21 of 50"
         running.log_tail = "loading the champion\nproposing 21 of 50\n"
 
-    at = _app(curator, "carl", "curator", "pages/jobs.py")
+    at = _app(sqlite_store, "carl", "pages/jobs.py")
     assert [t.value for t in at.title] == ["Jobs"]
     assert "the disk is full" in at.error[0].value
     assert [p.value for p in at.progress] == [42]

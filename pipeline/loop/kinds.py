@@ -30,8 +30,19 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
 @handles("noop")
 def noop(store: Store, job: Job, ctx: JobContext) -> None:
     """A job that does nothing (optionally sleeps): checks a worker is alive; measures the
-    queue's own overhead."""
-    time.sleep(float(job.payload.get("sleep_s", 0.0)))
+    queue's own overhead. With `busy_s` it instead writes progress to the job row every
+    `report_every_s` for that long: the write load of a busy job, for load tests."""
+    busy = float(job.payload.get("busy_s", 0.0))
+    if busy <= 0:
+        time.sleep(float(job.payload.get("sleep_s", 0.0)))
+        return
+    every = float(job.payload.get("report_every_s", 0.01))
+    start = time.monotonic()
+    beats = 0
+    while (elapsed := time.monotonic() - start) < busy:
+        beats += 1
+        ctx.report(100 * elapsed / busy, f"busy: write {beats}")
+        time.sleep(every)
 
 
 handles("train")(run_training)
