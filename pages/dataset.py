@@ -8,6 +8,7 @@ if not st.session_state.get("check_session", lambda: False)():
     st.session_state["wanted_page"] = "pages/dataset.py"
     st.switch_page("app.py")
 
+from pages._ui import project_picker
 from pipeline.imaging import thumbnail
 from store import queries
 from store.errors import MedloopError
@@ -23,8 +24,7 @@ if not projects:
             "`medloop ingest PATH --project NAME --classes lesion:1`.")
     st.stop()
 
-names = [p.name for p in projects]
-project = projects[names.index(st.selectbox("Project", names))]
+project = project_picker(store, st.session_state["user"]["id"], projects, "dataset_project")
 with store.session() as s:
     splits = queries.split_counts(s, project.id)
     labels = queries.label_counts(s, project.id)

@@ -14,6 +14,7 @@ if not st.session_state.get("check_session", lambda: False)():
     st.session_state["wanted_page"] = "pages/jobs.py"
     st.switch_page("app.py")
 
+from pages._ui import project_picker
 from store import jobs, queries
 from store.errors import MedloopError
 from store.models import Job, JobStatus, Role
@@ -108,7 +109,9 @@ with store.session() as s:  # a clinician gets the store's PermissionDenied, sho
 names = {p.id: p.name for p in projects}
 
 c1, c2 = st.columns([1, 2])
-chosen = c1.selectbox("Project", [ALL_PROJECTS, *names.values()])
+chosen_project = project_picker(store, user["id"], projects, "jobs_project", container=c1,
+                                extra=(ALL_PROJECTS,))
+chosen = chosen_project.name if chosen_project else ALL_PROJECTS
 statuses = c2.multiselect("Status", [s.value for s in JobStatus],
                           placeholder="All statuses")
 project_id = next((pid for pid, name in names.items() if name == chosen), None)

@@ -15,11 +15,12 @@ if not st.session_state.get("check_session", lambda: False)():
     st.switch_page("app.py")
 from sqlmodel import select
 
+from pages._ui import project_picker
 from pipeline import review_view as rv
 from pipeline.fm import proposals
 from store import labels, queries, review
 from store.errors import MedloopError, StaleEdit
-from store.models import Item, Label, Project
+from store.models import Item, Label, ModelVersion, Project
 
 TOOLS = {"Box": "rect", "+ Click": "point", "− Click": "point", "Brush": "freedraw",
          "Eraser": "freedraw"}
@@ -168,6 +169,13 @@ def _reject() -> None:
          f"Rejected item {{item}} ({reason})")
 
 
+def _no_finding() -> None:
+    _act(lambda st_: review.no_finding(store, user["id"], st_["item"].id, st_["seen_head_id"],
+                                       seconds=_seconds(st_),
+                                       interactions=1 + st_["interactions"]),
+         "Item {item}: no finding (saved as an empty label)")
+
+
 def _skip() -> None:
     _act(lambda st_: review.skip(store, user["id"], st_["item"].id), "Skipped item {item}")
 
@@ -190,6 +198,15 @@ def _reset() -> None:
     state = st.session_state["review_state"]
     _set_drawing(state, [])
     state["base"], state["base_is_edit"] = None, False
+    state["interactions"] += 1
+
+
+def _clear() -> None:
+    """Start from an empty mask (the proposal is set aside; Reset edits brings it back)."""
+    state = st.session_state["review_state"]
+    _set_drawing(state, [])
+    state["base"] = np.zeros(tuple(state["item"].shape[:2]), np.uint8)
+    state["base_is_edit"] = True
     state["interactions"] += 1
 
 
@@ -226,9 +243,12 @@ if not projects:
     st.stop()
 
 top = st.columns([3, 1, 1, 1])
-names = [p.name for p in projects]
-name = top[0].selectbox("Project", names, key="review_project")
-project = projects[names.index(name)]
+# Nothing is leased until the clinician has chosen a project (here or on an earlier visit).
+project = project_picker(store, user["id"], projects, "review_project", container=top[0],
+                         require_choice=True)
+if project is None:
+    st.info("Choose the project you want to review: the first item opens as soon as you do.")
+    st.stop()
 classes = list(project.label_classes)
 
 state = st.session_state.get("review_state")
@@ -297,9 +317,12 @@ with side:
                       if settings else ""), icon="🧪")
     if has_proposal:
         iou = "–" if head.predicted_iou is None else f"{head.predicted_iou:.2f}"
-        st.markdown(f"**Proposal** by `{head.author}` · predicted IoU **{iou}**")
-        found = rv.mask_summary(_head_mask(state), classes)
-        st.caption(" · ".join(f"{k}: {v} px" for k, v in found.items()) or "empty mask")
+        by = f"`{head.author}`"
+        if head.prompt_model_id is not None:  # a task model's mask, refined by the FM
+            with store.session() as s:
+                prompt = s.get(ModelVersion, head.prompt_model_id)
+            by = f"`{prompt.name if prompt else '?'}` refined by `{head.author}`"
+        st.markdown(f"**Proposal** by {by} · predicted IoU **{iou}**")
     else:
         st.info("No proposal for this item yet: draw the mask (Correct) or reject it.")
     if fm is None:
@@ -310,6 +333,9 @@ with side:
             f"<span style='color:{c['color']}'>■</span> {c['name']}" for c in classes),
             unsafe_allow_html=True)
 
+    # What is on screen now, edits included.
+    found = rv.mask_summary(applied.mask, classes)
+    st.caption(" · ".join(f"{k}: {v} px" for k, v in found.items()) or "empty mask")
     if has_edit:
         boxes = sum(isinstance(e, rv.Box) for e in edits)
         clicks = sum(isinstance(e, rv.Click) for e in edits)
@@ -331,25 +357,25 @@ with side:
         st.error(state["error"])
         state["error"] = None
 
+    # No tooltips on these: a tooltip hovering over the next button hid "Save correction".
     a1, a2, a3 = st.columns([2, 3, 2])
     a1.button("Accept", type="primary", key="review_accept", on_click=_accept,
-              disabled=not has_proposal or has_edit, use_container_width=True,
-              help=("Accept the proposal as it is" if has_proposal and not has_edit else
-                    "Save your correction, or Reset edits to accept the proposal as it is"
-                    if has_edit else "There is no proposal to accept: draw the mask or "
-                    "reject"))
+              disabled=not has_proposal or has_edit, width="stretch")
     a2.button("Save correction", key="review_save", on_click=_save, args=(classes,),
-              disabled=not has_edit, use_container_width=True,
-              type="primary" if has_edit else "secondary",
-              help="Save the mask as you see it" if has_edit else
-              "Draw a box, click or paint first")
-    a3.button("Skip", key="review_skip", on_click=_skip, use_container_width=True,
-              help="Pass this item to someone else")
-    u1, u2 = st.columns(2)
-    u1.button("Undo", key="review_undo", on_click=_undo, disabled=not objects,
-              use_container_width=True, help="Remove your last box, click or stroke")
-    u2.button("Reset edits", key="review_reset", on_click=_reset, disabled=not has_edit,
-              use_container_width=True, help="Back to the proposal")
+              disabled=not has_edit, width="stretch",
+              type="primary" if has_edit else "secondary")
+    a3.button("Skip", key="review_skip", on_click=_skip, width="stretch")
+    n1, n2, n3, n4 = st.columns(4)
+    n1.button("No finding", key="review_no_finding", on_click=_no_finding, width="stretch")
+    n2.button("Clear", key="review_clear", on_click=_clear, width="stretch")
+    n3.button("Undo", key="review_undo", on_click=_undo, disabled=not objects,
+              width="stretch")
+    n4.button("Reset edits", key="review_reset", on_click=_reset, disabled=not has_edit,
+              width="stretch")
+    st.caption("**Accept** the proposal as shown · **No finding**: nothing to segment here "
+               "(saved as an empty label) · **Clear**: start from an empty mask · a **Box** "
+               "replaces its class's proposal · **Reset edits**: back to the proposal"
+               + ("" if has_proposal else " · no proposal yet: draw the mask, or reject"))
 
     with st.expander("Reject…"):
         st.selectbox("Reason", review.REJECT_REASONS, index=None, key=f"reason-{item.id}",

@@ -338,10 +338,16 @@ def apply_edits(base: np.ndarray, edits: Sequence[Edit], screen: Screen,
 
     A box and the clicks after it (until the next box) are one structure: the FM's mask for
     the box and clicks replaces the box's class inside the box, at the place of the
-    structure's last box or click. Brush strokes paint their class; the eraser paints 0.
-    `refine` None (no FM) leaves boxes and clicks out with a note.
+    structure's last box or click. A class that gets a box loses its proposal (the base)
+    everywhere: a box says "this is the structure", so it replaces a wrong proposal rather
+    than adding to it; a second box of the class adds a second structure. Brush strokes
+    paint their class; the eraser paints 0. `refine` None (no FM) leaves boxes and clicks
+    out with a note.
     """
     mask = np.array(base, np.uint8, copy=True)
+    if refine is not None:
+        for value in {e.value for e in edits if isinstance(e, Box)}:
+            mask[np.asarray(base) == value] = 0
     # Where each structure ends: its box index -> index of its last click (or the box).
     structures: dict[int, list[int]] = {}
     current: int | None = None

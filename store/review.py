@@ -149,6 +149,32 @@ def correct(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
                        parent=current.id if current else None)
 
 
+NO_FINDING = "no finding"
+
+
+def no_finding(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
+               seconds: float | None = None, interactions: int = 1) -> Label:
+    """"Nothing here": a validated empty label, trained on as a negative example. An empty
+    proposal is accepted as it is; any other becomes a correction to the empty mask."""
+    with store.session(immediate=True) as s:
+        user, item, current = _check(s, user_id, item_id, seen_head_id)
+        parent_mask = store.blobs.get_array(current.mask_blob) \
+            if current is not None and current.mask_blob is not None else None
+        empty = np.zeros(tuple(item.shape[:2]), np.uint8)
+        if parent_mask is not None and not parent_mask.any():
+            kind, sha, dice = LabelKind.accepted, current.mask_blob, 1.0
+        else:
+            kind = LabelKind.corrected
+            sha, _ = store.blobs.put_array(empty)
+            dice = mask_dice(parent_mask, empty) if parent_mask is not None else None
+        label = Label(item_id=item_id, parent_id=current.id if current else None, kind=kind,
+                      mask_blob=sha, author_user_id=user.id, author=user.name,
+                      dice_vs_parent=dice, seconds_spent=seconds, interactions=interactions,
+                      reason=NO_FINDING)
+        return _finish(s, item, label, user, "label.no_finding",
+                       parent=current.id if current else None)
+
+
 def reject(store: Store, user_id: int, item_id: int, seen_head_id: int | None, reason: str,
            note: str = "", seconds: float | None = None, interactions: int = 1) -> Label:
     if reason not in REJECT_REASONS:

@@ -13,6 +13,7 @@ import streamlit as st
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
+from pipeline.demo import BRAIN_PROJECT
 from review_helpers import TEST_FM, brain_items, demo_with_proposals
 from store import labels
 from store.models import AuditEvent, Label, LabelKind, ReviewSkip, User
@@ -21,7 +22,9 @@ from store.registry import ensure_model_version
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sign_in(password: str) -> AppTest:
+def _sign_in(password: str, project: str | None = BRAIN_PROJECT) -> AppTest:
+    """Signed in as the clinician; on the Review page with `project` chosen (if given and
+    not already remembered)."""
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert not at.exception
     [name] = [t for t in at.text_input if t.label == "User name"]
@@ -31,6 +34,9 @@ def _sign_in(password: str) -> AppTest:
     [sign_in] = [b for b in at.button if b.label == "Sign in"]
     sign_in.click().run()
     assert not at.exception, at.exception
+    if project is not None and at.selectbox(key="review_project").value is None:
+        at.selectbox(key="review_project").select(project).run()
+        assert not at.exception, at.exception
     return at
 
 
@@ -194,7 +200,7 @@ def test_a_ct_item_without_proposal_offers_ct_windows_and_no_accept(sqlite_store
     assert not at.exception
     assert any("No proposal for this item yet" in i.value for i in at.info)
     accept = at.button(key="review_accept")
-    assert accept.disabled and "no proposal" in accept.help
+    assert accept.disabled and any("no proposal yet" in c.value for c in at.caption)
     item_id = _shown_item(at)
     assert any(c.value.startswith("CT ·") for c in at.caption)  # CT_small.dcm comes first
     window = at.selectbox(key="review_preset-CT")
@@ -223,3 +229,53 @@ def test_a_synthetic_item_carries_a_badge_with_its_generator(sqlite_store):
     assert _shown_item(at) == first.id
     [badge] = [w.value for w in at.warning if "SYNTHETIC" in w.value]
     assert "ddpm-brain-v3" in badge and "sampler=ddim" in badge and "steps=50" in badge
+
+
+def test_nothing_is_leased_until_a_project_is_chosen_and_the_choice_is_remembered(
+        sqlite_store):
+    from store.models import Item
+
+    demo = demo_with_proposals(sqlite_store)
+    at = _sign_in(demo.passwords["clinician"], project=None)
+    assert at.selectbox(key="review_project").value is None
+    assert any("Choose the project" in i.value for i in at.info)
+    with sqlite_store.session() as s:
+        assert s.exec(select(Item).where(Item.leased_by.is_not(None))).all() == []
+    at.selectbox(key="review_project").select(BRAIN_PROJECT).run()
+    first = _shown_item(at)
+    with sqlite_store.session() as s:
+        assert [i.id for i in s.exec(select(Item).where(Item.leased_by.is_not(None)))] == [
+            first]
+    # Next time (another browser, another day) the review page opens on that project.
+    again = _sign_in(demo.passwords["clinician"], project=None)
+    assert again.selectbox(key="review_project").value == BRAIN_PROJECT
+    assert _shown_item(again) == first  # the clinician's own lease comes back first
+
+
+def test_no_finding_saves_a_validated_empty_label_in_one_click(sqlite_store, signed_in):
+    at, clinician = signed_in
+    item_id = _shown_item(at)
+    at.button(key="review_no_finding").click().run()
+    assert not at.exception and _shown_item(at) != item_id
+    versions = _labels(sqlite_store, item_id)
+    saved = versions[-1]
+    assert (saved.kind, saved.reason, saved.parent_id) == (
+        LabelKind.corrected, "no finding", versions[-2].id)
+    assert not sqlite_store.blobs.get_array(saved.mask_blob).any()
+    assert saved.dice_vs_parent == 0.0  # the proposal had tissue in it
+    with sqlite_store.session() as s:
+        [event] = s.exec(select(AuditEvent).where(AuditEvent.action == "label.no_finding")).all()
+    assert event.entity_id == saved.id and event.actor == "clinician"
+
+
+def test_clear_starts_from_an_empty_mask_and_save_keeps_it_empty(sqlite_store, signed_in):
+    at, _ = signed_in
+    item_id = _shown_item(at)
+    assert at.button(key="review_save").disabled
+    at.button(key="review_clear").click().run()
+    assert not at.button(key="review_save").disabled and at.button(key="review_accept").disabled
+    assert any(c.value == "empty mask" for c in at.caption)  # the area follows the edit
+    at.button(key="review_save").click().run()
+    saved = _labels(sqlite_store, item_id)[-1]
+    assert saved.kind == LabelKind.corrected
+    assert not sqlite_store.blobs.get_array(saved.mask_blob).any()

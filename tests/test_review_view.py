@@ -81,8 +81,9 @@ def test_a_moved_path_is_shifted_with_its_object():
 def test_apply_edits_refines_boxes_in_image_pixels_and_paints_strokes():
     screen = rv.Screen.fit((100, 50))  # shown at 256 x 512: 5.12 screen px per pixel
     base = np.zeros((100, 50), np.uint8)
-    base[0:10, 0:10] = 2  # proposal white matter outside the box: kept
+    base[0:10, 0:10] = 2  # proposal white matter outside the box: replaced by the box too
     base[60:70, 20:30] = 2  # inside the box: replaced by the FM's mask
+    base[30:40, 30:40] = 1  # another class's proposal: kept
     calls = []
 
     def refine(box, points, labels):
@@ -104,10 +105,13 @@ def test_apply_edits_refines_boxes_in_image_pixels_and_paints_strokes():
     assert points == (pytest.approx((15, 55)),)
     m = applied.mask
     assert (m[52:58, 12:18] == 2).all() and not (m[60:70, 20:30] == 2).any()
-    assert (m[95, :] == 1).all() and (m[0:4, 0:10] == 2).all()
+    assert (m[95, :] == 1).all() and (m[30:40, 30:40] == 1).all()
+    assert not (m[0:10, 0:10] == 2).any()  # the box replaced the class's wrong proposal
     assert (m[5, :] == 0).all()  # erased across the proposal
     assert applied.refined == [(2, 0.9)] and applied.notes == []
     assert (base[60:70, 20:30] == 2).all()  # the base is not changed in place
+    # Without a model a box does nothing, so it takes nothing away either.
+    assert (rv.apply_edits(base, edits[:1], screen, None).mask == base).all()
 
 
 def test_without_a_model_boxes_do_nothing_and_say_so():
