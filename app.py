@@ -11,7 +11,7 @@ import streamlit as st
 from store import sessions
 from store.db import Store
 from store.errors import MedloopError
-from store.models import Role
+from store.models import Role, utcnow
 from store.sessions import SessionEnded
 from store.settings import load_settings
 
@@ -52,15 +52,12 @@ def oidc_configured() -> bool:
         return False
 
 
-def _cookie_script(token: str | None) -> str:
+def _cookie_script(token: str | None, seconds: int = 0) -> str:
     """JavaScript that stores (or, with None, deletes) the session cookie in the browser.
 
     The cookie holds only the opaque token; the session itself lives in the store.
     """
-    if token is None:
-        value, age = "", 0
-    else:
-        value, age = token, int(sessions.session_length().total_seconds())
+    value, age = (token, max(0, seconds)) if token else ("", 0)
     return ("<script>document.cookie = '" + f"{COOKIE}={value}; path=/; max-age={age}; "
             "samesite=strict' + (location.protocol === 'https:' ? '; secure' : '');</script>")
 
@@ -85,7 +82,7 @@ def _forget(reason: str | None) -> None:
         dead.add(cookie)  # this connection keeps sending it until the page reloads
     keep = {"store": st.session_state.get("store")}
     st.session_state.clear()
-    st.session_state.update(keep, dead_tokens=dead, cookie_action=("clear", None))
+    st.session_state.update(keep, dead_tokens=dead)
     if reason:
         st.session_state["ended"] = reason
 
@@ -113,7 +110,7 @@ def signed_in_user(store: Store) -> dict | None:
         st.toast(f"An admin changed your role to {signed.role.value}.")
     st.session_state["session_token"] = token
     st.session_state["user"] = {"id": signed.user_id, "name": signed.name,
-                                "role": signed.role.value}
+                                "role": signed.role.value, "expires_at": signed.expires_at}
     return st.session_state["user"]
 
 
@@ -127,7 +124,6 @@ def complete_sign_in(sign_in_fn) -> None:  # noqa: ANN001
         return
     st.session_state.pop("ended", None)
     st.session_state["session_token"] = token
-    st.session_state["cookie_action"] = ("set", token)
     st.rerun()
 
 
@@ -137,7 +133,8 @@ def sign_in() -> None:
 
     store = st.session_state["store"]
     if st.session_state.get("ended"):
-        st.info(f"You were signed out: {st.session_state['ended']}. Sign in again.")
+        why = st.session_state["ended"]
+        st.info(f"You were signed out: {why}" + ("." if "sign in" in why else ": sign in again."))
     st.title("medloop")
     if oidc_configured():
         if getattr(st.user, "is_logged_in", False):
@@ -158,11 +155,14 @@ def _sign_out() -> None:
     _forget(None)
 
 
-def _cookie_sync() -> None:
-    """Set or delete the browser's session cookie when sign-in or sign-out asked for it."""
-    action = st.session_state.pop("cookie_action", None)
-    if action is not None:
-        st.html(_cookie_script(action[1] if action[0] == "set" else None),
+def _cookie_sync(user: dict | None) -> None:
+    """Keep the browser's cookie in step with this tab: the token while signed in (rendered on
+    every run, so a rerun racing the first render cannot lose it), deleted when signed out."""
+    if user is None:
+        st.html(_cookie_script(None), unsafe_allow_javascript=True)
+    else:
+        left = int((user["expires_at"] - utcnow()).total_seconds())
+        st.html(_cookie_script(st.session_state["session_token"], left),
                 unsafe_allow_javascript=True)
 
 
@@ -179,7 +179,7 @@ except MedloopError as exc:  # the store busy past its timeout: say so, keep the
     st.error(str(exc))
     st.stop()
 if user is None:
-    _cookie_sync()
+    _cookie_sync(None)
     # Always through st.navigation: without it Streamlit falls back to serving every file in
     # pages/ by URL, sign-in or not.
     login_page = st.Page(sign_in, title="Sign in", icon=":material/login:")
@@ -192,7 +192,7 @@ allowed = [st.Page(path, title=title, icon=icon)
 fm, fm_problem = get_fm()
 st.session_state["fm"] = fm
 with st.sidebar:
-    _cookie_sync()
+    _cookie_sync(user)
     st.markdown(f"**{user['name']}** · {role.value}")
     st.button("Sign out", on_click=_sign_out)
     if fm is None:
