@@ -13,6 +13,7 @@ if not st.session_state.get("check_session", lambda: False)():
     st.session_state["wanted_page"] = "pages/training.py"
     st.switch_page("app.py")
 
+from pages._ui import project_picker
 from store import queries, registry, retraining
 from store.errors import MedloopError
 from store.jobs import active_job
@@ -122,8 +123,9 @@ def _table(versions: list[ModelVersion], classes: list[dict]) -> pd.DataFrame:
         metrics = v.metrics or {}
         train, holdout = metrics.get("train", {}), metrics.get("holdout", {})
         decision, config = metrics.get("decision", {}), v.config or {}
+        # What a curator compares first comes first: the table scrolls sideways.
         row = {"version": v.name, "status": STATUS_LABEL.get(v.status, v.status),
-               "mean Dice": holdout.get("mean_dice")}
+               "train items": train.get("items"), "mean Dice": holdout.get("mean_dice")}
         for c in classes:
             row[f"Dice {c['name']}"] = (holdout.get("dice") or {}).get(str(c["value"]))
             row[f"Dice {c['name']} (slices with it)"] = \
@@ -134,7 +136,6 @@ def _table(versions: list[ModelVersion], classes: list[dict]) -> pd.DataFrame:
             "Δ Dice vs champion": decision.get("mean_delta"),
             "decision": decision.get("reason") or _pending(holdout),
             "holdout cases": holdout.get("cases"),
-            "train items": train.get("items"),
             "synthetic": train.get("synthetic_items"),
             "model": " · ".join(str(x) for x in (
                 config.get("architecture"),
@@ -175,8 +176,7 @@ if not projects:
             "`medloop ingest PATH --project NAME --classes lesion:1`.")
     st.stop()
 
-project_names = [p.name for p in projects]
-project = projects[project_names.index(st.selectbox("Project", project_names))]
+project = project_picker(store, user["id"], projects, "training_project")
 with store.session() as s:
     settings = retraining.training_settings(project)
     new_labels = retraining.labels_since_training(s, project.id)
@@ -206,7 +206,12 @@ if running:
 latest = versions[-1] if versions else None
 if latest is not None and latest.status != registry.CHAMPION:
     decision = (latest.metrics or {}).get("decision", {})
-    if decision and not decision.get("promoted"):
+    if decision.get("below_bar"):
+        st.warning(f"**Not promoted: {latest.name} is not good enough to propose yet.** "
+                   f"{_without_prefix(decision.get('reason', ''), 'kept as a candidate:')}. "
+                   "It stays a candidate; a curator can still make it champion below.",
+                   icon=":material/block:")
+    elif decision and not decision.get("promoted"):
         st.warning(f"**Champion kept:** {latest.name} was not promoted: "
                    f"{_without_prefix(decision.get('reason', ''))}",
                    icon=":material/shield:")
@@ -269,17 +274,22 @@ with st.expander("Training settings"):
                         step=0.005, format="%.3f", value=float(settings["promotion_margin"]),
                         key=f"setting-promotion_margin-{project.id}",
                         help="How much mean paired holdout Dice a challenger must gain")
-        c3.number_input("Epochs", min_value=1, step=1, value=int(settings["epochs"]),
+        c3.number_input("Dice floor per class", min_value=0.0, max_value=1.0, step=0.05,
+                        format="%.2f", value=float(settings["min_class_dice"]),
+                        key=f"setting-min_class_dice-{project.id}",
+                        help="Least holdout Dice, on the slices with the class, for a model "
+                             "to serve; it must also beat proposing nothing")
+        c1.number_input("Epochs", min_value=1, step=1, value=int(settings["epochs"]),
                         key=f"setting-epochs-{project.id}")
-        c1.number_input("Image size (px)", min_value=64, max_value=1024, step=32,
+        c2.number_input("Image size (px)", min_value=64, max_value=1024, step=32,
                         value=int(settings["image_size"]),
                         key=f"setting-image_size-{project.id}")
         architecture = str(settings["architecture"])
-        c2.selectbox("Architecture", ARCHITECTURES,
+        c3.selectbox("Architecture", ARCHITECTURES,
                      index=ARCHITECTURES.index(architecture)
                      if architecture in ARCHITECTURES else 0,
                      key=f"setting-architecture-{project.id}")
-        c3.number_input("Synthetic weight", min_value=0.0, step=0.1, format="%.2f",
+        c1.number_input("Synthetic weight", min_value=0.0, step=0.1, format="%.2f",
                         value=float(settings["synthetic_weight"]),
                         key=f"setting-synthetic_weight-{project.id}",
                         help="Sampling weight of synthetic items relative to real ones")

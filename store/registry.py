@@ -106,7 +106,10 @@ def record_evaluation(session: Session, model_version_id: int, actor: str, holdo
     mv.metrics = {**mv.metrics, "decision": decision}
     if decision["promoted"]:
         return promote(session, mv, actor, decision["reason"])
-    if holdout.get("cases", 0):
+    if decision.get("below_bar"):  # not fit to serve yet: kept for the curator to judge
+        audit.record(session, actor, "model.keep_candidate", "modelversion", mv.id,
+                     name=mv.name, reason=decision["reason"])
+    elif holdout.get("cases", 0):
         mv.status = REJECTED
         audit.record(session, actor, "model.reject", "modelversion", mv.id, name=mv.name,
                      reason=decision["reason"])

@@ -18,12 +18,16 @@ from store.models import Item, Job, Label, Project, Role, Split
 DEFAULTS: dict[str, object] = {
     "retrain_after_labels": 20,  # K; 0 turns automatic retraining off
     "promotion_margin": 0.01,  # mean paired holdout Dice a challenger must gain
+    # The least holdout Dice, on the slices that hold a class, for a model to serve at all
+    # (besides beating empty masks). Chosen by `medloop bench promotion`.
+    "min_class_dice": 0.5,
     "synthetic_weight": 0.5,
     "architecture": "unet",
     "epochs": 30,
     "image_size": 256,
 }
-_TYPES = {"retrain_after_labels": int, "promotion_margin": float, "synthetic_weight": float,
+_TYPES = {"retrain_after_labels": int, "promotion_margin": float, "min_class_dice": float,
+          "synthetic_weight": float,
           "architecture": str, "epochs": int, "image_size": int}
 
 
@@ -47,6 +51,8 @@ def update_training_settings(session: Session, user_id: int, project_id: int,
         raise InvalidInput("K must be 0 (off) or more, and epochs at least 1")
     if not 0 <= clean.get("promotion_margin", 0.0) < 1:
         raise InvalidInput("the promotion margin is a Dice difference between 0 and 1")
+    if not 0 <= clean.get("min_class_dice", 0.0) <= 1:
+        raise InvalidInput("the Dice floor is between 0 (off) and 1")
     if clean.get("architecture", "unet") not in ("unet", "swinunetr"):
         raise InvalidInput("the architecture is unet or swinunetr")
     if clean.get("image_size", 256) % 32 or not 64 <= clean.get("image_size", 256) <= 1024:

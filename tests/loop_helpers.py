@@ -45,6 +45,16 @@ def radiomics_project(store: Store, data: Path, validate: int | None = None,
     return project, clin, cur
 
 
+def phantom_project(store: Store, n_train: int = 40, n_holdout: int = 20, n_pool: int = 6,
+                    size: int = 64, epochs: int = 12):
+    """A project whose task is easy enough for a small, quick model to learn well (one bright
+    round lesion per slice): what a promotion test needs. Returns pipeline.bench.loop.Bench
+    (store, project_id, clinician, curator, pool truth)."""
+    from pipeline.bench.loop import populate
+
+    return populate(store, n_train, n_holdout, n_pool, size, epochs)
+
+
 def validate_train(store: Store, project_id: int, clinician: int, n: int | None,
                    keep_lesions: int = 0, split: Split = Split.train) -> list[int]:
     with store.session() as s:

@@ -17,6 +17,7 @@ from sqlmodel import func, select
 
 from loop_helpers import (
     finished,
+    phantom_project,
     queue_training,
     radiomics_project,
     validate_train,
@@ -24,11 +25,11 @@ from loop_helpers import (
     worker_process,
 )
 from pipeline.loop.worker import serve
-from pipeline.task.evaluation import compare
+from pipeline.task.evaluation import compare, labels_needed
 from store import registry
 from store.errors import Conflict, InvalidInput, PermissionDenied
 from store.jobs import claim_next, enqueue, finish, request_cancel, retry
-from store.models import AuditEvent, Item, Job, JobStatus, ModelVersion, Split, utcnow
+from store.models import AuditEvent, Item, Job, JobStatus, ModelVersion, Split, User, utcnow
 from store.retraining import labels_since_training, retrain_now, update_training_settings
 
 
@@ -52,43 +53,83 @@ def test_promotion_needs_a_paired_gain_above_the_margin_and_no_class_dropping():
     assert not compare({}, None, margin=0.01).promote  # nothing to evaluate on
 
 
-def test_worse_challenger_is_not_promoted_and_champion_stays(sqlite_store, radiomics):
+def _present(dice: dict[str, float], present: dict[str, bool]) -> dict:
+    return {"source": "real", "dice": dice, "present": present,
+            "hd95": dict.fromkeys(dice), "mean_dice": sum(dice.values()) / len(dice)}
+
+
+def test_a_model_must_beat_proposing_nothing_and_reach_the_floor_on_each_class():
+    # Four slices, one with a lesion: empty masks score 1 on the three empty ones.
+    empty = {i: _present({"1": 1.0 if i else 0.0}, {"1": i == 0}) for i in range(4)}
+    # The walk-through's first model: paints where there is nothing, misses the lesion.
+    useless = {i: _present({"1": 0.02 if i == 0 else 0.0}, {"1": i == 0}) for i in range(4)}
+    d = compare(useless, None, margin=0.01, names={"1": "lesion"}, empty=empty, floor=0.5)
+    assert not d.promote and d.below_bar and "does not beat proposing nothing" in d.reason
+    assert d.delta_vs_empty == pytest.approx(-0.745)
+    # Quiet on empty slices but poor on the lesion: beats empty, still below the floor.
+    timid = {i: _present({"1": 0.3 if i == 0 else 1.0}, {"1": i == 0}) for i in range(4)}
+    d = compare(timid, None, margin=0.01, names={"1": "lesion"}, empty=empty, floor=0.5)
+    assert not d.promote and d.below_bar
+    assert "below the floor 0.50: lesion 0.300 on the 1 holdout slice(s) with it" in d.reason
+    good = {i: _present({"1": 0.8 if i == 0 else 1.0}, {"1": i == 0}) for i in range(4)}
+    d = compare(good, None, margin=0.01, empty=empty, floor=0.5)
+    assert d.promote and not d.below_bar and "+0.200 over proposing nothing" in d.reason
+    # A challenger below the bar is not promoted however it compares with the champion.
+    d = compare(timid, useless, margin=0.01, empty=empty, floor=0.5)
+    assert not d.promote and d.below_bar
+
+
+def test_labels_needed_extrapolates_the_projects_learning_curve():
+    assert "about twice as many (~8 more)" in labels_needed([(8, 0.1)], floor=0.5)
+    # Dice 0.2 at 10 labels, 0.35 at 40: log-linear, 0.5 near 160 labels.
+    hint = labels_needed([(10, 0.2), (40, 0.35)], floor=0.5)
+    assert hint.startswith("likely about 1") and "more validated labels" in hint
+    assert int(hint.split()[2]) == pytest.approx(120, abs=2)
+    assert "have not raised" in labels_needed([(10, 0.3), (40, 0.3)], floor=0.5)
+    assert "more than 10x" in labels_needed([(10, 0.10), (20, 0.11)], floor=0.9)
+
+
+def test_challengers_that_are_not_better_leave_the_champion_in_place(sqlite_store):
     store = sqlite_store
-    project, _, _ = radiomics_project(store, radiomics)
-    queue_training(store, project.id)
+    bench = phantom_project(store, n_train=40, n_holdout=20, n_pool=4)
+    project_id = bench.project_id
+    queue_training(store, project_id)
     serve(store, poll_s=0.05, once=True)
     with store.session() as s:
-        champion = registry.champion(s, project.id)
+        champion = registry.champion(s, project_id)
     assert champion is not None
-    # One epoch: the network still paints lesions everywhere.
-    queue_training(store, project.id, epochs=1)
+    # One epoch: not fit to serve at all. It stays a candidate (a curator may look at it).
+    queue_training(store, project_id, epochs=1)
+    # The champion's own recipe again: the same weights (fixed seeds), so no better.
+    queue_training(store, project_id)
     serve(store, poll_s=0.05, once=True)
     with store.session() as s:
-        versions = registry.versions(s, project.id)
-        assert [v.status for v in versions] == [registry.CHAMPION, registry.REJECTED]
-        challenger = versions[1]
+        versions = registry.versions(s, project_id)
+        assert [v.status for v in versions] == [registry.CHAMPION, registry.CANDIDATE,
+                                                registry.REJECTED]
+        weak, challenger = versions[1], versions[2]
+        assert weak.metrics["decision"]["below_bar"]
+        assert weak.metrics["decision"]["reason"].startswith("kept as a candidate")
         decision = challenger.metrics["decision"]
         assert not decision["promoted"] and decision["reason"].startswith("champion kept")
-        assert decision["mean_delta"] < 0 and decision["champion"] == champion.name
-        assert challenger.parent_id == champion.id
-        assert challenger.metrics["holdout"]["mean_dice"] < champion.metrics["holdout"][
-            "mean_dice"]
+        assert decision["mean_delta"] == pytest.approx(0.0, abs=1e-6)
+        assert decision["champion"] == champion.name and challenger.parent_id == champion.id
         # no proposals refresh for a model that was not promoted
         assert s.exec(select(func.count(Job.id)).where(Job.kind == "propose")).one() == 1
-        # a curator may still roll forward or back by hand; the audit says who
+        curator = s.get(User, bench.curator).name
+    # a curator may still roll forward or back by hand; the audit says who
         curator = s.exec(select(AuditEvent.actor).where(
             AuditEvent.action == "project.training_settings")).first()
     with store.session(immediate=True) as s:
-        from store.models import User
         cur = s.exec(select(User).where(User.name == curator)).one()
         registry.set_champion(s, cur.id, challenger.id)
     with store.session(immediate=True) as s:
-        assert registry.champion(s, project.id).id == challenger.id
+        assert registry.champion(s, project_id).id == challenger.id
         with pytest.raises(Conflict, match="already the champion"):
             registry.set_champion(s, cur.id, challenger.id)
         registry.set_champion(s, cur.id, champion.id)
     with store.session() as s:
-        assert registry.champion(s, project.id).id == champion.id
+        assert registry.champion(s, project_id).id == champion.id
         actions = s.exec(select(AuditEvent.action).where(
             AuditEvent.action.in_(["model.promote", "model.rollback"]))
             .order_by(AuditEvent.id)).all()

@@ -63,8 +63,19 @@ def _patients(n: int) -> list[int]:
 
 def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size: int,
                 epochs: int | None) -> Bench:
-    """Train and holdout slices validated by the clinician (the holdout is the reference of
-    the evaluation); the pool unreviewed, its truth kept as ground-truth labels."""
+    """A new SQLite store under data_dir with the phantom project of `populate`."""
+    url = f"sqlite:///{data_dir / 'medloop.db'}"
+    store = Store(replace(load_settings(), data_dir=data_dir, database_url=url))
+    store.upgrade()
+    return populate(store, n_train, n_holdout, n_pool, size, epochs)
+
+
+def populate(store: Store, n_train: int, n_holdout: int, n_pool: int, size: int,
+             epochs: int | None, settings: dict | None = None) -> Bench:
+    """A phantom project (MR-like slices with one round lesion each, in patients of
+    PER_PATIENT slices) in `store`: train and holdout slices validated by the clinician (the
+    holdout is the reference of the evaluation); the pool unreviewed, its truth kept as
+    ground-truth labels. `settings` override the project's training settings."""
     from store import review
     from store.imports import SeriesRecord, SliceRecord, record_series
     from store.models import Role
@@ -72,9 +83,6 @@ def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size:
     from store.retraining import update_training_settings
     from store.users import create_user
 
-    url = f"sqlite:///{data_dir / 'medloop.db'}"
-    store = Store(replace(load_settings(), data_dir=data_dir, database_url=url))
-    store.upgrade()
     with store.session(immediate=True) as s:
         project = create_project(s, "bench-loop", "MR", CLASSES, "bench")
         clinician = create_user(s, CLINICIAN, Role.clinician, PASSWORD, "bench").id
@@ -82,7 +90,7 @@ def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size:
     with store.session(immediate=True) as s:
         # Automatic retraining off: accepting pool items must not start training while the
         # idle latency is measured. Everything else stays at the project's defaults.
-        overrides = {"retrain_after_labels": 0, "image_size": size}
+        overrides = {"retrain_after_labels": 0, "image_size": size, **(settings or {})}
         if epochs is not None:
             overrides["epochs"] = epochs
         update_training_settings(s, curator, project.id, **overrides)

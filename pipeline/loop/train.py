@@ -12,7 +12,14 @@ from __future__ import annotations
 import time
 
 from pipeline.loop.context import JobContext
-from pipeline.task.evaluation import compare, holdout_cases, score_cases, summarise
+from pipeline.task.evaluation import (
+    compare,
+    holdout_cases,
+    labels_needed,
+    score_cases,
+    score_empty,
+    summarise,
+)
 from pipeline.task.model import TaskModel, train
 from pipeline.task.training_set import training_set, training_set_hash
 from store import registry
@@ -71,6 +78,22 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
     return mv
 
 
+def _history(store: Store, project_id: int, mv_id: int, holdout: dict
+             ) -> list[tuple[int, float]]:
+    """(train labels, worst class's holdout Dice where present) per version of the project,
+    this one (just scored) included: the project's learning curve so far."""
+    def worst(h: dict) -> float | None:
+        found = [v for v in (h.get("dice_where_present") or {}).values() if v is not None]
+        return min(found) if found else None
+
+    with store.session() as s:
+        versions = registry.versions(s, project_id)
+    points = [((v.metrics or {}).get("train", {}).get("items", 0),
+               worst(holdout if v.id == mv_id else (v.metrics or {}).get("holdout", {})))
+              for v in versions]
+    return [(n, d) for n, d in points if d is not None]
+
+
 def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
     """Score a version on the holdout; with payload promote=True decide its promotion."""
     project = ctx.project()
@@ -92,10 +115,16 @@ def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
         ctx.report(60, f"scoring the champion {champ[1]} on the same cases")
         champion_cases = score_cases(TaskModel.from_bytes(store.blobs.get_bytes(champ[2])),
                                      cases)
-    margin = float(training_settings(project)["promotion_margin"])
+    settings = training_settings(project)
+    margin, floor = float(settings["promotion_margin"]), float(settings["min_class_dice"])
     names = {str(c["value"]): c["name"] for c in project.label_classes}
-    decision = compare(challenger, champion_cases, margin, names)
+    empty = score_empty(cases, [int(c["value"]) for c in project.label_classes])
+    decision = compare(challenger, champion_cases, margin, names, empty=empty, floor=floor)
     holdout = summarise(challenger)
+    if decision.below_bar:
+        hint = labels_needed(_history(store, project.id, mv_id, holdout), floor)
+        if hint:
+            decision.reason += f"; {hint}"
     decide = bool(job.payload.get("promote")) and not decided
     with store.session(immediate=True) as s:
         mv = registry.record_evaluation(

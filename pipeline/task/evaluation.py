@@ -86,6 +86,15 @@ def score_cases(model: TaskModel, cases: Sequence[Case]) -> dict[int, dict]:
             for c, p in zip(cases, preds, strict=True)}
 
 
+def score_empty(cases: Sequence[Case], class_values: Sequence[int]) -> dict[int, dict]:
+    """Per-case metrics of proposing nothing (an empty mask everywhere): the baseline every
+    model must beat, since a wrong proposal costs a clinician more than none."""
+    return {c.item_id: {"source": c.source,
+                        **case_metrics(np.zeros_like(c.reference), c.reference, class_values,
+                                       c.spacing)}
+            for c in cases}
+
+
 def summarise(per_case: dict[int, dict]) -> dict:
     """Means over cases: mean Dice, Dice and HD95 per class, and the same per source."""
     def block(rows: list[dict]) -> dict:
@@ -120,34 +129,77 @@ class Decision:
     wins: int = 0
     losses: int = 0
     ties: int = 0
+    # Why it may not serve at all (it does not beat proposing nothing, or a class is below
+    # the floor): such a version stays a candidate, for the curator to look at.
+    below_bar: bool = False
+    delta_vs_empty: float | None = None
 
     def to_dict(self) -> dict:
         return {"promoted": self.promote, "reason": self.reason, "mean_delta": self.mean_delta,
                 "class_delta": self.class_delta, "wins": self.wins, "losses": self.losses,
-                "ties": self.ties}
+                "ties": self.ties, "below_bar": self.below_bar,
+                "delta_vs_empty": self.delta_vs_empty}
+
+
+def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[int], np.ndarray]:
+    ids = sorted(set(a) & set(b))
+    return ids, np.array([a[i]["mean_dice"] - b[i]["mean_dice"] for i in ids])
+
+
+def bar(challenger: dict[int, dict], empty: dict[int, dict], margin: float,
+        floor: float, names: dict[str, str] | None = None) -> str | None:
+    """Why a version may not serve at all, or None when it may: it must beat proposing
+    nothing by more than the margin (paired mean Dice over the holdout), and reach `floor`
+    Dice on the holdout slices that hold each class."""
+    names = names or {}
+    ids, delta = _paired(challenger, empty)
+    gain = float(delta.mean())
+    if gain <= margin:
+        return (f"it does not beat proposing nothing: mean paired holdout Dice {gain:+.3f} "
+                f"against empty masks (it must gain more than {margin:.3f}), so its "
+                "proposals would cost clinicians more than they save")
+    low = []
+    for c in challenger[ids[0]]["dice"]:
+        found = [challenger[i]["dice"][c] for i in ids if challenger[i]["present"][c]]
+        if found and float(np.mean(found)) < floor:
+            low.append(f"{names.get(c, c)} {np.mean(found):.3f} on the {len(found)} holdout "
+                       f"slice(s) with it")
+    if low:
+        return f"Dice below the floor {floor:.2f}: {', '.join(low)}"
+    return None
 
 
 def compare(challenger: dict[int, dict], champion: dict[int, dict] | None, margin: float,
-            names: dict[str, str] | None = None) -> Decision:
-    """Promote only if the paired mean Dice gain exceeds `margin` and no class loses more
-    than `margin`; names maps class values to names for the reason text."""
+            names: dict[str, str] | None = None, empty: dict[int, dict] | None = None,
+            floor: float = 0.0) -> Decision:
+    """Promote only if the version clears the bar (see `bar`; with `empty` given) and the
+    paired mean Dice gain over the champion exceeds `margin` with no class losing more than
+    `margin`; names maps class values to names for the reason text."""
     names = names or {}
     if not challenger:
-        return Decision(False, "no holdout item has a reference mask: label some holdout "
-                               "items (or import their masks), then evaluate again")
+        return Decision(False, "no holdout item has a reference mask, so nothing says whether "
+                               "it is any good: promotion is left to the curator (label or "
+                               "import masks for some holdout items, then evaluate again)")
+    delta_empty = float(_paired(challenger, empty)[1].mean()) if empty else None
+    why_not = bar(challenger, empty, margin, floor, names) if empty else None
+    if why_not is not None:
+        return Decision(False, f"kept as a candidate: {why_not}", below_bar=True,
+                        delta_vs_empty=delta_empty)
     if champion is None:
         mean = float(np.mean([c["mean_dice"] for c in challenger.values()]))
         return Decision(True, f"first task model for this project: holdout Dice {mean:.3f} "
-                              f"on {len(challenger)} cases", mean_delta=None)
-    ids = sorted(set(challenger) & set(champion))
-    deltas = np.array([challenger[i]["mean_dice"] - champion[i]["mean_dice"] for i in ids])
+                              f"on {len(challenger)} cases"
+                        + (f", {delta_empty:+.3f} over proposing nothing"
+                           if delta_empty is not None else ""),
+                        mean_delta=None, delta_vs_empty=delta_empty)
+    ids, deltas = _paired(challenger, champion)
     classes = list(challenger[ids[0]]["dice"])
     class_delta = {c: float(np.mean([challenger[i]["dice"][c] - champion[i]["dice"][c]
                                      for i in ids])) for c in classes}
     tol = 1e-6
     d = Decision(False, "", float(deltas.mean()), class_delta,
                  wins=int((deltas > tol).sum()), losses=int((deltas < -tol).sum()),
-                 ties=int((np.abs(deltas) <= tol).sum()))
+                 ties=int((np.abs(deltas) <= tol).sum()), delta_vs_empty=delta_empty)
     tally = f"{d.wins} cases better, {d.losses} worse, {d.ties} equal of {len(ids)}"
     dropped = {c: v for c, v in class_delta.items() if v < -margin}
     if dropped:
@@ -162,3 +214,38 @@ def compare(challenger: dict[int, dict], champion: dict[int, dict] | None, margi
         d.reason = f"beats the champion by {d.mean_delta:+.3f} mean paired Dice (margin " \
                    f"{margin:.3f}; {tally})"
     return d
+
+
+def labels_needed(history: Sequence[tuple[int, float]], floor: float,
+                  max_factor: float = 10.0) -> str:
+    """How many more validated labels a project likely needs before its task model reaches
+    `floor` Dice, from its versions' (train labels, holdout Dice where present) so far.
+
+    Segmentation Dice grows roughly with the log of the training-set size (learning curves
+    of nnU-Net and MONAI models on medical data are near-linear in log n over this range);
+    a straight line in log n through the versions gives the estimate. With one version
+    there is no slope yet: the honest answer is "about twice as many", to be refined once
+    the second version is scored.
+    """
+    points = sorted({n: d for n, d in history if n > 0 and d is not None}.items())
+    if not points:
+        return ""
+    n_now, d_now = points[-1]
+    if len(points) < 2:
+        return (f"with {n_now} validated labels it reaches {d_now:.2f}; try about twice as "
+                f"many (~{n_now} more) and retrain: the estimate firms up with a second "
+                "version")
+    x = np.log([n for n, _ in points])
+    y = np.array([d for _, d in points])
+    slope, intercept = np.polyfit(x, y, 1)
+    if slope <= 1e-3:
+        return (f"more labels have not raised its Dice so far ({len(points)} versions, "
+                f"{points[0][0]} to {n_now} labels): check the labels and the settings "
+                "before adding more")
+    target = float(np.exp((floor - intercept) / slope))
+    if target > max_factor * n_now:
+        return (f"at the rate seen so far it would need more than {max_factor:.0f}x the "
+                f"{n_now} labels it has: check the labels and the settings")
+    more = max(1, int(np.ceil(target - n_now)))
+    return f"likely about {more} more validated labels (a log-linear fit over " \
+           f"{len(points)} versions)"
