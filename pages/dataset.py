@@ -11,6 +11,7 @@ if not st.session_state.get("check_session", lambda: False)():
 from pages._ui import project_picker
 from pipeline.imaging import thumbnail
 from store import queries
+from store.downloads import record_export_download
 from store.errors import MedloopError
 from store.jobs import queue_export
 
@@ -51,9 +52,13 @@ with st.expander("Export validated labels"):
     exports = sorted((store.settings.data_dir / "exports").glob(f"{project.name}-job*.zip"),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for path in exports[:5]:
-        st.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.1f} MB)",
+        size = path.stat().st_size
+        st.download_button(f"Download {path.name} ({size / 1e6:.1f} MB)",
                            data=path.read_bytes, file_name=path.name,  # read on click only
-                           mime="application/zip", key=str(path))
+                           mime="application/zip", key=str(path),
+                           on_click=record_export_download,  # in the audit log
+                           args=(store, st.session_state["user"]["id"], project.id, path.name,
+                                 size))
 
 total = sum(splits.values())
 per_page = 24

@@ -197,7 +197,7 @@ def _undo() -> None:
 def _reset() -> None:
     state = st.session_state["review_state"]
     _set_drawing(state, [])
-    state["base"], state["base_is_edit"] = None, False
+    state["base"], state["base_is_edit"], state["cleared"] = None, False, False
     state["interactions"] += 1
 
 
@@ -206,7 +206,7 @@ def _clear() -> None:
     state = st.session_state["review_state"]
     _set_drawing(state, [])
     state["base"] = np.zeros(tuple(state["item"].shape[:2]), np.uint8)
-    state["base_is_edit"] = True
+    state["base_is_edit"], state["cleared"] = True, True
     state["interactions"] += 1
 
 
@@ -342,7 +342,8 @@ with side:
         strokes = sum(isinstance(e, rv.Paint) for e in edits)
         parts = [f"{boxes} box(es)" if boxes else "", f"{clicks} click(s)" if clicks else "",
                  f"{strokes} stroke(s)" if strokes else "",
-                 "kept edit" if state["base_is_edit"] else ""]
+                 ("cleared" if state.get("cleared") else "kept edit")
+                 if state["base_is_edit"] else ""]
         refined = ", ".join(f"IoU {q:.2f}" for _, q in applied.refined)
         st.markdown("**Your correction:** " + ", ".join(p for p in parts if p)
                     + (f" · FM {refined}" if refined else ""))
@@ -365,12 +366,15 @@ with side:
               disabled=not has_edit, width="stretch",
               type="primary" if has_edit else "secondary")
     a3.button("Skip", key="review_skip", on_click=_skip, width="stretch")
-    n1, n2, n3, n4 = st.columns(4)
-    n1.button("No finding", key="review_no_finding", on_click=_no_finding, width="stretch")
-    n2.button("Clear", key="review_clear", on_click=_clear, width="stretch")
-    n3.button("Undo", key="review_undo", on_click=_undo, disabled=not objects,
+    n1, n2 = st.columns(2)
+    n1.button("No finding", key="review_no_finding", on_click=_no_finding, width="stretch",
+              icon=":material/check_box_outline_blank:")
+    n2.button("Clear", key="review_clear", on_click=_clear, width="stretch",
+              icon=":material/ink_eraser:")
+    u1, u2 = st.columns(2)
+    u1.button("Undo", key="review_undo", on_click=_undo, disabled=not objects,
               width="stretch")
-    n4.button("Reset edits", key="review_reset", on_click=_reset, disabled=not has_edit,
+    u2.button("Reset edits", key="review_reset", on_click=_reset, disabled=not has_edit,
               width="stretch")
     st.caption("**Accept** the proposal as shown · **No finding**: nothing to segment here "
                "(saved as an empty label) · **Clear**: start from an empty mask · a **Box** "

@@ -14,6 +14,7 @@ from pipeline.bench.browser import (  # noqa: F401  (re-exported for tests)
     CHROMIUM,
     background,
     canvas_box,
+    choose,
     chromium_page,
     drag,
     sign_in,

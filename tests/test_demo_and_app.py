@@ -87,3 +87,16 @@ def test_app_in_chromium_shows_mni_slices(sqlite_store):
         page.goto(f"{url}/admin")
         page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
         assert page.get_by_text("Audit log").count() == 0
+
+
+def test_a_plain_streamlit_run_does_not_watch_the_virtualenv():
+    """`streamlit run app.py` by hand (without the README's flags) watched .venv's ~20,000
+    files: 60-100% of a core and "Inotify queue overflowed". The repository's
+    .streamlit/config.toml now says what the flags said."""
+    out = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = {line.split(" = ")[0]: line.split(" = ")[1] for line in out.stdout.splitlines()
+             if " = " in line and not line.startswith("#")}
+    assert shown["fileWatcherType"] == '"none"'
+    assert shown["toolbarMode"] == '"viewer"' and shown["showErrorDetails"] == '"none"'

@@ -75,6 +75,9 @@ def test_a_weak_first_model_is_evaluated_but_not_promoted(store, radiomics):
     with store.session() as s:
         train_job = s.get(Job, job_id)
     assert train_job.progress == 100 and "epoch 12/12" in train_job.log_tail
+    # Its last word says what came of it (it used to end on "saving the model").
+    assert train_job.message.startswith(f"registered task-unet-j{job_id}: ")
+    assert train_job.message.endswith("holdout evaluation queued")
     assert train_job.checkpoint is not None
     assert np.isfinite(mv.metrics["train"]["losses"]).all()
 

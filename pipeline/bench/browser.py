@@ -107,6 +107,29 @@ def sign_in(page, url: str, name: str, password: str, timeout_ms: int = 90_000) 
     page.get_by_text(f"{name} ·").first.wait_for(timeout=timeout_ms)  # the sidebar
 
 
+def choose(page, label: str, option: str, tries: int = 4) -> None:
+    """Pick an option of a Streamlit selectbox (a react-aria combobox). Its list closes when
+    the page re-renders under it (an expander opening, an image arriving): try again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.get_by_role("combobox", name=label)
+    for attempt in range(tries):
+        box.click()
+        if not page.get_by_role("listbox").is_visible():
+            box.press("ArrowDown")
+        try:
+            page.get_by_role("option", name=option).click(timeout=3_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+    page.wait_for_function(
+        "([label, option]) => [...document.querySelectorAll('input[role=combobox]')]"
+        ".some(i => i.getAttribute('aria-label') === label && i.value === option)",
+        arg=[label, option])
+
+
 def background(page) -> str | None:
     """The review canvas background's checksum now (None: not drawn yet)."""
     return page.evaluate(_BACKGROUND_JS)

@@ -113,6 +113,7 @@ def run(n_items: int, n_accepts: int, n_boxes: int, out_csv: Path,
         data_dir: Path | None = None) -> pd.DataFrame:
     from pipeline.bench.browser import (
         canvas_box,
+        choose,
         chromium_page,
         drag,
         sign_in,
@@ -146,6 +147,7 @@ def run(n_items: int, n_accepts: int, n_boxes: int, out_csv: Path,
         env = {"MEDLOOP_DATA_DIR": str(data), "MEDLOOP_DATABASE_URL": store.settings.database_url}
         with streamlit_app(env=env, log=data / "streamlit.log") as url, chromium_page() as page:
             sign_in(page, url, USER, PASSWORD)
+            choose(page, "Project", "bench-review")  # a first visit: nothing remembered
             shown = wait_background_change(page, None, timeout_ms=120_000)
             wait_idle(page)
             accept = page.get_by_role("button", name="Accept", exact=True)

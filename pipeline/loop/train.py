@@ -75,6 +75,8 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
                 promote=True)
         s.flush()
         s.expunge(mv)
+    ctx.report(100, f"registered {name}: {len(pairs)} validated labels, {cfg.epochs} epochs, "
+                    f"final loss {state.losses[-1]:.4f}; holdout evaluation queued")
     return mv
 
 
