@@ -14,7 +14,7 @@ from sqlmodel import select
 from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app
 from pipeline.demo import BRAIN_PROJECT, DICOM_PROJECT, create_demo
 from store.jobs import enqueue
-from store.models import Item, Job, JobStatus, Label, LabelKind, Project, User
+from store.models import AuditEvent, Item, Job, JobStatus, Label, LabelKind, Project, User
 from store.users import check_password
 from tests_helpers import signed_in_app
 
@@ -100,3 +100,37 @@ def test_a_plain_streamlit_run_does_not_watch_the_virtualenv():
              if " = " in line and not line.startswith("#")}
     assert shown["fileWatcherType"] == '"none"'
     assert shown["toolbarMode"] == '"viewer"' and shown["showErrorDetails"] == '"none"'
+
+
+@pytest.mark.browser
+def test_a_curators_export_download_is_in_the_audit_log(sqlite_store):
+    require_browser()
+    from pipeline.loop.worker import serve
+    from review_helpers import brain_items, demo_with_proposals
+    from store import labels, review
+    from store.jobs import queue_export
+
+    passwords = demo_with_proposals(sqlite_store).passwords
+    with sqlite_store.session() as s:
+        clinician = s.exec(select(User).where(User.name == "clinician")).one().id
+        curator = s.exec(select(User).where(User.name == "curator")).one().id
+    for item in brain_items(sqlite_store)[:2]:
+        review.lease_next(sqlite_store, clinician, item.project_id)
+        with sqlite_store.session() as s:
+            head = labels.head(s, item.id)
+        review.accept(sqlite_store, clinician, item.id, head.id)
+    with sqlite_store.session(immediate=True) as s:
+        queue_export(s, curator, brain_items(sqlite_store)[0].project_id)
+    serve(sqlite_store, poll_s=0.05, once=True)
+    with streamlit_app() as url, chromium_page() as page:
+        sign_in(page, url, "curator", passwords["curator"])
+        page.get_by_role("link", name="Dataset").click()
+        page.get_by_text("Export validated labels").click()
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download").first.click()
+        name = download.value.suggested_filename
+        page.wait_for_timeout(1000)  # the click's callback runs on the server
+    assert name.endswith(".zip")
+    with sqlite_store.session() as s:
+        [event] = s.exec(select(AuditEvent).where(AuditEvent.action == "export.download")).all()
+    assert event.actor == "curator" and event.details["file"] == name
