@@ -1,5 +1,6 @@
-"""The job table's state changes: enqueue, claim (atomically), heartbeat, checkpoint,
-finish, cancel, retry, and requeueing the jobs of a worker that died."""
+"""The job table's state changes: enqueue, claim (atomically, highest priority first),
+heartbeat, checkpoint, finish, cancel, retry, yielding to a waiting job, and requeueing the
+jobs of a worker that died."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ ACTIVE = (JobStatus.queued, JobStatus.running)
 # Kinds of which a project has at most one queued or running job.
 SINGLE_PER_PROJECT = ("train", "propose")
 LOG_TAIL_CHARS = 4000
+# Higher is claimed first. A person waits for an export (a curator's download) and for an
+# evaluation (the promotion after Retrain now); proposing for the whole pool and training
+# are long background work, and yield to these between items or epochs
+# (JobContext.yield_if_waiting). Kinds not named here: 0.
+PRIORITY = {"export": 20, "evaluate": 10, "propose": 0, "train": 0}
 
 
 def _log(job: Job, line: str, as_message: bool = True) -> None:
@@ -40,7 +46,8 @@ def heartbeat_timeout_s() -> float:
 
 def enqueue(session: Session, kind: str, actor: str, project_id: int | None = None,
             **payload: object) -> Job:
-    job = Job(kind=kind, project_id=project_id, payload=dict(payload), created_by=actor)
+    job = Job(kind=kind, project_id=project_id, payload=dict(payload), created_by=actor,
+              priority=PRIORITY.get(kind, 0))
     session.add(job)
     session.flush()
     audit.record(session, actor, "job.enqueue", "job", job.id, kind=kind)
@@ -48,7 +55,8 @@ def enqueue(session: Session, kind: str, actor: str, project_id: int | None = No
 
 
 def claim_next(store: Store, worker: str, kinds: set[str] | None = None) -> Job | None:
-    """Take the oldest runnable job for this worker, or None; two workers never get the same.
+    """Take the runnable job of highest priority (the oldest among equals) for this worker,
+    or None; two workers never get the same.
 
     SQLite: BEGIN IMMEDIATE serialises claimers. PostgreSQL: FOR UPDATE SKIP LOCKED lets
     claimers pass each other's locked rows.
@@ -58,7 +66,7 @@ def claim_next(store: Store, worker: str, kinds: set[str] | None = None) -> Job 
         requeue_orphans(s, worker, now)
         q = (select(Job).where(Job.status == JobStatus.queued,
                                or_(Job.not_before.is_(None), Job.not_before <= now))
-             .order_by(Job.created_at, Job.id).limit(1))
+             .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1))
         if kinds:
             q = q.where(Job.kind.in_(sorted(kinds)))
         if not is_sqlite(store.engine):
@@ -80,9 +88,12 @@ class JobLost(Exception):
 
 
 def heartbeat(store: Store, job_id: int, progress: float | None = None,
-              message: str | None = None, worker: str | None = None) -> bool:
+              message: str | None = None, worker: str | None = None,
+              log: bool = True) -> bool:
     """Record liveness and progress; returns False when a cancel was requested.
 
+    The message becomes the job's current message and, with `log`, a line of its log tail
+    (per-item progress is not logged: it would push the lines that matter out of the tail).
     With `worker`, raises JobLost when the job is no longer this worker's to run.
     """
     with store.session(immediate=True) as s:
@@ -92,8 +103,10 @@ def heartbeat(store: Store, job_id: int, progress: float | None = None,
         job.heartbeat_at = utcnow()
         if progress is not None:
             job.progress = float(max(0.0, min(100.0, progress)))
-        if message is not None:
+        if message is not None and log:
             _log(job, message)
+        elif message is not None:
+            job.message = message
         s.add(job)
         return not job.cancel_requested
 
@@ -160,9 +173,11 @@ def save_checkpoint(store: Store, job_id: int, blob: str, message: str | None = 
         s.add(job)
 
 
-def interrupt(store: Store, job_id: int, message: str) -> Job:
-    """The worker is shutting down: the job goes back to the queue; the attempt is not
-    counted against it."""
+def interrupt(store: Store, job_id: int, message: str,
+              yielded_to: int | None = None) -> Job:
+    """The job goes back to the queue, the attempt not counted against it: the worker is
+    shutting down, or the job yields to the waiting job `yielded_to` (it resumes from its
+    checkpoint once that one is claimed)."""
     with store.session(immediate=True) as s:
         job = s.get(Job, job_id)
         job.status = JobStatus.queued
@@ -170,9 +185,28 @@ def interrupt(store: Store, job_id: int, message: str) -> Job:
         job.heartbeat_at = utcnow()
         _log(job, message)
         s.add(job)
-        audit.record(s, job.worker or "worker", "job.interrupted", "job", job.id,
-                     kind=job.kind)
+        if yielded_to is None:
+            audit.record(s, job.worker or "worker", "job.interrupted", "job", job.id,
+                         kind=job.kind)
+        else:
+            audit.record(s, job.worker or "worker", "job.yielded", "job", job.id,
+                         kind=job.kind, to_job=yielded_to)
         return job
+
+
+def waiting_above(session: Session, priority: int, waited_s: float,
+                  kinds: set[str] | None = None) -> Job | None:
+    """The queued, runnable job of priority above `priority` that has waited longest, if
+    it has waited more than `waited_s` (runnable that long: an idle worker would have
+    claimed it by then); None otherwise."""
+    cutoff = utcnow() - timedelta(seconds=waited_s)
+    q = (select(Job).where(Job.status == JobStatus.queued, Job.priority > priority,
+                           Job.created_at <= cutoff,
+                           or_(Job.not_before.is_(None), Job.not_before <= cutoff))
+         .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1))
+    if kinds:
+        q = q.where(Job.kind.in_(sorted(kinds)))
+    return session.exec(q).first()
 
 
 def _get(session: Session, job_id: int) -> Job:

@@ -1,5 +1,6 @@
 """Multi-class prompting in pure numpy: one box per connected component of a class in a
-coarse label map, and one label map from per-class masks, overlaps going to the surer mask."""
+coarse label map (components too small to matter left out), and one label map from
+per-class masks, overlaps going to the surer mask."""
 
 from __future__ import annotations
 
@@ -12,31 +13,67 @@ from scipy import ndimage
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def boxes_from_mask(
-    label_map: np.ndarray, class_value: int, margin_px: int = 0, min_pixels: int = 1
+def kept_components(
+    sizes: np.ndarray, image_pixels: int, min_pixels: int = 1,
+    min_fraction_of_largest: float = 0.0, min_fraction_of_image: float = 0.0,
+    max_boxes: int | None = None,
 ) -> np.ndarray:
-    """Boxes (n, 4) x0, y0, x1, y1 (inclusive pixel indices, float64), one per connected
-    component of `label_map == class_value` with at least `min_pixels` pixels, grown by
-    `margin_px` and clipped to the image. No pixels of the class: an empty (0, 4) array."""
+    """Indices (0-based) of the components worth a box, largest first.
+
+    A component goes when it has fewer than `min_pixels`, or when it is both smaller than
+    `min_fraction_of_largest` of the class's largest component and smaller than
+    `min_fraction_of_image` of the image: a small lesion alone (it is the largest) or one
+    not tiny against the image stays, a weak model's speckle around a big finding goes.
+    At most `max_boxes` stay (None: all).
+    """
+    sizes = np.asarray(sizes)
+    if sizes.size == 0:
+        return np.zeros(0, np.int64)
+    small = (sizes < min_fraction_of_largest * sizes.max()) \
+        & (sizes < min_fraction_of_image * image_pixels)
+    keep = np.flatnonzero((sizes >= min_pixels) & ~small)
+    keep = keep[np.argsort(-sizes[keep], kind="stable")]
+    return keep if max_boxes is None else keep[:max_boxes]
+
+
+def component_boxes(
+    label_map: np.ndarray, class_value: int, margin_px: int = 0, min_pixels: int = 1,
+    min_fraction_of_largest: float = 0.0, min_fraction_of_image: float = 0.0,
+    max_boxes: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """(boxes, components found): boxes (n, 4) x0, y0, x1, y1 (inclusive pixel indices,
+    float64), one per connected component of `label_map == class_value` that
+    `kept_components` keeps, largest first, grown by `margin_px` and clipped to the image;
+    and how many components there were before that choice."""
     label_map = np.asarray(label_map)
     if label_map.ndim != 2:
         raise ValueError(f"expected a 2D label map, got shape {label_map.shape}")
     components, count = ndimage.label(label_map == class_value, structure=_EIGHT)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
     rows, cols = label_map.shape
+    keep = kept_components(sizes, rows * cols, min_pixels, min_fraction_of_largest,
+                           min_fraction_of_image, max_boxes)
+    found = ndimage.find_objects(components)
     boxes = []
-    for index, found in enumerate(ndimage.find_objects(components), start=1):
-        if found is None:
-            continue
-        if min_pixels > 1 and (components[found] == index).sum() < min_pixels:
-            continue
-        r, c = found
+    for index in keep:
+        r, c = found[index]
         boxes.append([
             max(c.start - margin_px, 0),
             max(r.start - margin_px, 0),
             min(c.stop - 1 + margin_px, cols - 1),
             min(r.stop - 1 + margin_px, rows - 1),
         ])
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), int(count)
+
+
+def boxes_from_mask(
+    label_map: np.ndarray, class_value: int, margin_px: int = 0, min_pixels: int = 1,
+    min_fraction_of_largest: float = 0.0, min_fraction_of_image: float = 0.0,
+    max_boxes: int | None = None,
+) -> np.ndarray:
+    """The boxes of `component_boxes` (no pixels of the class: an empty (0, 4) array)."""
+    return component_boxes(label_map, class_value, margin_px, min_pixels,
+                           min_fraction_of_largest, min_fraction_of_image, max_boxes)[0]
 
 
 def resolve_overlaps(

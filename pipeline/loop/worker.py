@@ -4,6 +4,13 @@ Handlers register per job kind (`pipeline/loop/kinds.py`). While a job runs, a t
 its heartbeat, so a worker that dies (killed, out of memory, machine gone) is noticed by
 the others, which requeue the job; a training job then resumes from its last checkpoint.
 SIGTERM/SIGINT lets the job in hand finish or checkpoint, then the worker exits.
+
+One worker runs one job at a time; jobs are claimed highest priority first, and a long job
+(propose, train) yields between items or epochs to a job of higher priority that has been
+waiting (an export a curator waits for), then resumes from its checkpoint. That, not a
+second worker by default: on this 2-core machine two workers would each hold the FM and a
+task model in memory and halve each other's speed, while the short job needs the worker for
+seconds only.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import signal
 import socket
 import threading
 
-from pipeline.loop.context import Cancelled, Interrupted, JobContext
+from pipeline.loop.context import Cancelled, Interrupted, JobContext, Yielded
 from pipeline.loop.kinds import HANDLERS, NOT_YET
 from store.db import Store
 from store.errors import MedloopError
@@ -44,7 +51,7 @@ class _Pulse(threading.Thread):
 
 
 def run_job(store: Store, job: Job, worker: str = "worker",
-            stop: threading.Event | None = None) -> JobStatus:
+            stop: threading.Event | None = None, kinds: set[str] | None = None) -> JobStatus:
     handler = HANDLERS.get(job.kind)
     if handler is None:
         why = f"this medloop has no handler for {job.kind!r} jobs: " + (
@@ -54,12 +61,15 @@ def run_job(store: Store, job: Job, worker: str = "worker",
         return JobStatus.failed
     pulse = _Pulse(store, job.id, worker)
     pulse.start()
-    ctx = JobContext(store, job, worker, stop or threading.Event())
+    ctx = JobContext(store, job, worker, stop or threading.Event(), kinds)
     try:
         handler(store, job, ctx)
     except Cancelled:
         finish(store, job.id, JobStatus.cancelled, "cancelled by a curator")
         return JobStatus.cancelled
+    except Yielded as exc:
+        interrupt(store, job.id, str(exc), yielded_to=exc.to_job)
+        return JobStatus.queued
     except Interrupted as exc:
         interrupt(store, job.id, str(exc))
         return JobStatus.queued
@@ -107,6 +117,6 @@ def serve(store: Store, poll_s: float = 1.0, once: bool = False,
             stop.wait(poll_s)
             continue
         log.info("job %s (%s) claimed", job.id, job.kind)
-        status = run_job(store, job, name, stop)
+        status = run_job(store, job, name, stop, kinds)
         log.info("job %s (%s) %s", job.id, job.kind, status.value)
     log.info("worker %s stopped", name)
