@@ -168,8 +168,9 @@ def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_version(
         assert [v.name for v in versions] == [f"task-unet-j{job_id}"]
         assert len(versions[0].metrics["train"]["losses"]) == 14
         kinds = s.exec(select(Job.kind, Job.status).order_by(Job.id)).all()
-    assert kinds == [("train", JobStatus.succeeded), ("evaluate", JobStatus.succeeded),
-                     ("propose", JobStatus.succeeded)]
+    # (a propose job follows only if the model clears the promotion bar)
+    assert kinds[:2] == [("train", JobStatus.succeeded), ("evaluate", JobStatus.succeeded)]
+    assert all(status == JobStatus.succeeded for _, status in kinds)
 
 
 def test_sigterm_checkpoints_and_requeues_the_training_job(sqlite_store, radiomics):

@@ -56,6 +56,8 @@ def run_training(store: Store, job: Job, ctx: JobContext) -> ModelVersion:
                                         f"{state.losses[-1]:.4f} ({state.seconds:.0f} s)")
         ctx.stop_if_asked(f"worker stopping: checkpointed after epoch {state.epoch}; "
                           "queued to resume")
+        # A short job a person waits for (an export) runs first; training resumes here.
+        ctx.yield_if_waiting(f"checkpointed after epoch {state.epoch}; queued to resume")
 
     net, state = train(samples, cfg, resume=resume, on_batch=on_batch, on_epoch=on_epoch)
     ctx.report(96, "saving the model")
