@@ -279,3 +279,17 @@ def test_clear_starts_from_an_empty_mask_and_save_keeps_it_empty(sqlite_store, s
     saved = _labels(sqlite_store, item_id)[-1]
     assert saved.kind == LabelKind.corrected
     assert not sqlite_store.blobs.get_array(saved.mask_blob).any()
+
+
+def test_a_task_model_proposal_refined_by_the_fm_names_both(sqlite_store):
+    demo = demo_with_proposals(sqlite_store)
+    first = brain_items(sqlite_store)[0]
+    with sqlite_store.session(immediate=True) as s:
+        task = ensure_model_version(s, "task", "task-unet-j7", "test")
+        fm = ensure_model_version(s, "fm", "litemedsam-test", "test")
+        head = labels.head(s, first.id)
+        labels.record_proposal(s, first.id, head.mask_blob, fm.id, "litemedsam-test", 0.9,
+                               "worker", "task-unet-j7: 2 box(es)", prompt_model_id=task.id)
+    at = _sign_in(demo.passwords["clinician"])
+    assert _shown_item(at) == first.id
+    assert "**Proposal** by `task-unet-j7` refined by `litemedsam-test`" in _text(at)
