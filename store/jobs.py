@@ -269,6 +269,17 @@ def recent(session: Session, limit: int = 100, project_id: int | None = None) ->
     return list(session.exec(q).all())
 
 
+def queue_refresh(session: Session, project_id: int, model_version_id: int, actor: str) -> Job:
+    """Fresh proposals for the unreviewed pool from a new champion: one `propose` job, the
+    queued one (if any) pointed at the newest champion."""
+    queued = active_job(session, project_id, "propose")
+    if queued is not None and queued.status == JobStatus.queued:
+        queued.payload = {**queued.payload, "model_version_id": model_version_id}
+        session.add(queued)
+        return queued
+    return enqueue(session, "propose", actor, project_id, model_version_id=model_version_id)
+
+
 def queue_export(session: Session, user_id: int, project_id: int) -> Job:
     """A curator's request for the validated dataset as a zip (the `export` job)."""
     actor = require(session, user_id, Role.curator).name

@@ -8,6 +8,7 @@ from sqlmodel import Session, select
 from store import audit
 from store.auth import require
 from store.errors import Conflict, InvalidInput, NotFound
+from store.jobs import queue_refresh
 from store.models import ModelVersion, Role
 
 
@@ -86,8 +87,11 @@ def set_champion(session: Session, user_id: int, model_version_id: int,
         raise Conflict(f"{mv.name} is already the champion")
     rollback = current is not None and mv.id < current.id
     why = reason.strip() or ("rolled back" if rollback else "promoted") + f" by {user.name}"
-    return promote(session, mv, user.name, why,
-                   action="model.rollback" if rollback else "model.promote")
+    mv = promote(session, mv, user.name, why,
+                 action="model.rollback" if rollback else "model.promote")
+    # Clinicians see the new champion's proposals, as after an automatic promotion.
+    queue_refresh(session, mv.project_id, mv.id, user.name)
+    return mv
 
 
 def record_evaluation(session: Session, model_version_id: int, actor: str, holdout: dict,

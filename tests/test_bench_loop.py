@@ -11,7 +11,7 @@ from pipeline.bench.loop import main
 def test_bench_loop_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     out = tmp_path / "loop.csv"
     assert main(["--slices", "12", "--size", "64", "--epochs", "1", "--holdout", "4",
-                 "--pool", "4", "--noops", "10", "--reviews", "2", "--data-dir",
+                 "--pool", "4", "--noops", "10", "--reviews", "2", "--floor", "0", "--data-dir",
                  str(tmp_path), "--out", str(out)]) == 0
 
     table = pd.read_csv(out).set_index("metric")["value"]

@@ -130,6 +130,10 @@ def test_challengers_that_are_not_better_leave_the_champion_in_place(sqlite_stor
         registry.set_champion(s, cur.id, champion.id)
     with store.session() as s:
         assert registry.champion(s, project_id).id == champion.id
+        # A promotion by hand refreshes the proposals too: one queued job, for the newest.
+        queued = s.exec(select(Job).where(Job.kind == "propose",
+                                          Job.status == JobStatus.queued)).all()
+        assert [j.payload["model_version_id"] for j in queued] == [champion.id]
         actions = s.exec(select(AuditEvent.action).where(
             AuditEvent.action.in_(["model.promote", "model.rollback"]))
             .order_by(AuditEvent.id)).all()

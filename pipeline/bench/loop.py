@@ -62,12 +62,12 @@ def _patients(n: int) -> list[int]:
 
 
 def build_store(data_dir: Path, n_train: int, n_holdout: int, n_pool: int, size: int,
-                epochs: int | None) -> Bench:
+                epochs: int | None, settings: dict | None = None) -> Bench:
     """A new SQLite store under data_dir with the phantom project of `populate`."""
     url = f"sqlite:///{data_dir / 'medloop.db'}"
     store = Store(replace(load_settings(), data_dir=data_dir, database_url=url))
     store.upgrade()
-    return populate(store, n_train, n_holdout, n_pool, size, epochs)
+    return populate(store, n_train, n_holdout, n_pool, size, epochs, settings)
 
 
 def populate(store: Store, n_train: int, n_holdout: int, n_pool: int, size: int,
@@ -417,7 +417,7 @@ def _row(metric: str, value: float, unit: str, notes: str) -> dict:
 
 def run(slices: int, holdout: int, pool: int, size: int, epochs: int | None, noops: int,
         reviews: int, busy_epochs: int, out_csv: Path, data_dir: Path | None = None,
-        timeout_s: float = 3600.0) -> pd.DataFrame:
+        timeout_s: float = 3600.0, floor: float | None = None) -> pd.DataFrame:
     if pool < 2 * reviews:
         raise SystemExit(f"--pool ({pool}) must hold the {2 * reviews} items reviewed "
                          "(--reviews idle + --reviews while training)")
@@ -425,7 +425,8 @@ def run(slices: int, holdout: int, pool: int, size: int, epochs: int | None, noo
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         data = Path(tmp)
         t0 = time.perf_counter()
-        b = build_store(data, slices, holdout, pool, size, epochs)
+        b = build_store(data, slices, holdout, pool, size, epochs,
+                        {} if floor is None else {"min_class_dice": floor})
         print(f"store: {slices} validated train, {holdout} holdout, {pool} pool slices at "
               f"{size} px in {time.perf_counter() - t0:.1f} s", flush=True)
         log = data / "worker.log"
@@ -471,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for the retrained model and its proposals")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="where the temporary store goes (default: the system's temp dir)")
+    p.add_argument("--floor", type=float, default=None,
+                   help="the project's Dice floor for promotion (default: the project "
+                        "default); this bench measures time, so a tiny run may set 0")
     p.add_argument("--out", type=Path, default=Path("bench-loop.csv"))
     args = p.parse_args(argv)
     import torch
@@ -478,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the bench process only renders; leave the cores to the worker
     load = os.getloadavg()[0]
     table = run(args.slices, args.holdout, args.pool, args.size, args.epochs, args.noops,
-                args.reviews, args.busy_epochs, args.out, args.data_dir, args.timeout)
+                args.reviews, args.busy_epochs, args.out, args.data_dir, args.timeout,
+                args.floor)
     print(f"\nbackground loop, SQLite, one worker, {os.cpu_count()} CPUs, "
           f"OMP_NUM_THREADS={table.attrs['omp']}; load average {load:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")

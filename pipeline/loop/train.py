@@ -25,8 +25,8 @@ from pipeline.task.training_set import training_set, training_set_hash
 from store import registry
 from store.db import Store
 from store.errors import NotFound
-from store.jobs import active_job, enqueue
-from store.models import Job, JobStatus, ModelVersion, Source
+from store.jobs import enqueue, queue_refresh
+from store.models import Job, ModelVersion, Source
 from store.retraining import training_settings
 
 
@@ -135,12 +135,7 @@ def run_evaluation(store: Store, job: Job, ctx: JobContext) -> dict:
             s, mv_id, "worker", holdout, {str(k): v for k, v in challenger.items()},
             {**decision.to_dict(), "champion": champ[1] if champ else None} if decide else None)
         if decide and mv.status == registry.CHAMPION:
-            queued = active_job(s, project.id, "propose")
-            if queued is not None and queued.status == JobStatus.queued:
-                queued.payload = {**queued.payload, "model_version_id": mv.id}
-                s.add(queued)  # one refresh, with the newest champion
-            else:
-                enqueue(s, "propose", "worker", project.id, model_version_id=mv.id)
+            queue_refresh(s, project.id, mv.id, "worker")
     ctx.report(100, decision.reason if job.payload.get("promote") else
                f"holdout Dice {holdout.get('mean_dice', float('nan')):.3f}")
     return holdout
