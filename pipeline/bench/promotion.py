@@ -114,9 +114,15 @@ def run(out_csv: Path, mni_slices: int = 6, usable: float = 0.7, seed: int = 0
     table["median_gain"] = per_case.groupby("band", observed=True).apply(
         lambda g: float((g["refined_dice"] - g["coarse_dice"]).median()), include_groups=False)
     table.to_csv(out_csv.with_name(out_csv.stem + "_bands.csv"))
-    print(f"{len(per_case)} coarse masks on {per_case['case'].nunique()} structures' slices "
+    print(f"{len(per_case)} coarse masks over {per_case['case'].nunique()} cases "
           f"({seconds:.0f} s)\n")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    per_case["coarse >= 0.5"] = per_case["coarse_dice"] >= 0.5
+    by_case = per_case.groupby(["case", "coarse >= 0.5"]).agg(
+        masks=("refined_dice", "size"), median_refined_dice=("refined_dice", "median"),
+        usable_share=("refined_dice", lambda v: float((v >= usable).mean())))
+    print("\nper case, coarse Dice below / from 0.5:\n"
+          + by_case.unstack("coarse >= 0.5").to_string(float_format=lambda v: f"{v:.3f}"))
     mostly = table[table["usable_share"] >= 0.5]
     if len(mostly):
         print(f"\nrefined proposals are mostly usable (Dice >= {usable}) from coarse Dice "
