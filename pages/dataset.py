@@ -29,6 +29,7 @@ project = project_picker(store, st.session_state["user"]["id"], projects, "datas
 with store.session() as s:
     splits = queries.split_counts(s, project.id)
     labels = queries.label_counts(s, project.id)
+    modalities = queries.modality_counts(s, project.id)
 
 cols = st.columns(5)
 cols[0].metric("Items", sum(splits.values()))
@@ -36,7 +37,8 @@ cols[1].metric("Train", splits.get("train", 0))
 cols[2].metric("Holdout", splits.get("holdout", 0))
 cols[3].metric("Test", splits.get("test", 0))
 cols[4].metric("Ground truth", labels.get("ground_truth", 0))
-st.caption(f"Modality {project.modality} · classes: "
+st.caption("Modalities: " + (", ".join(f"{m} ({n} items)" for m, n in modalities.items())
+                             or "none yet") + " · classes: "
            + ", ".join(f"{c['name']} ({c['value']})" for c in project.label_classes))
 
 with st.expander("Export validated labels"):

@@ -85,9 +85,12 @@ def cmd_projects(args: argparse.Namespace) -> int:
     store = _store()
     with store.session() as s:
         rows = s.exec(
-            select(Project.name, Project.modality, Item.split, func.count(Item.id))
+            # the items' modality: a project may hold several (the project's is a default)
+            select(Project.name, func.coalesce(Item.modality, Project.modality), Item.split,
+                   func.count(Item.id))
             .join(Item, Item.project_id == Project.id, isouter=True)
-            .group_by(Project.name, Project.modality, Item.split)
+            .group_by(Project.name, func.coalesce(Item.modality, Project.modality),
+                      Item.split)
         ).all()
     if not rows:
         print("no projects yet: run `medloop demo` or `medloop ingest ... --classes`")

@@ -26,6 +26,15 @@ def split_counts(session: Session, project_id: int) -> dict[str, int]:
     return {str(split.value if hasattr(split, "value") else split): n for split, n in rows}
 
 
+def modality_counts(session: Session, project_id: int) -> dict[str, int]:
+    """Items per modality: a project may hold volumes of several (MR and CT, say)."""
+    rows = session.exec(
+        select(Item.modality, func.count(Item.id)).where(Item.project_id == project_id)
+        .group_by(Item.modality).order_by(func.count(Item.id).desc())
+    ).all()
+    return dict(rows)
+
+
 def label_counts(session: Session, project_id: int) -> dict[str, int]:
     rows = session.exec(
         select(Label.kind, func.count(Label.id)).join(Item, Item.id == Label.item_id)

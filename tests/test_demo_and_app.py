@@ -65,6 +65,9 @@ def test_dataset_page_lists_demo_projects(sqlite_store):
     assert len(at.get("image")) == 24  # the first page of thumbnails
     at.selectbox[0].select(DICOM_PROJECT).run()
     assert {m.label: m.value for m in at.metric}["Items"] == "2"
+    # One project, two modalities: the page says what its items are, not one for all.
+    assert any("Modalities: " in c.value and "CT (1 items)" in c.value
+               and "MR (1 items)" in c.value for c in at.caption)
 
 
 @pytest.mark.browser
