@@ -187,7 +187,10 @@ if user is None:
     st.stop()
 
 role = Role(user["role"])
-allowed = [st.Page(path, title=title, icon=icon)
+# Each role lands on its own work: clinicians review, curators curate, admins administer.
+HOME = {Role.clinician: "pages/review.py", Role.curator: "pages/dataset.py",
+        Role.admin: "pages/admin.py"}
+allowed = [st.Page(path, title=title, icon=icon, default=path == HOME[role])
            for path, (title, icon, minimum) in PAGES.items() if RANK[role] >= RANK[minimum]]
 fm, fm_problem = get_fm()
 st.session_state["fm"] = fm

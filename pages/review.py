@@ -248,6 +248,10 @@ project = project_picker(store, user["id"], projects, "review_project", containe
                          require_choice=True)
 if project is None:
     st.info("Choose the project you want to review: the first item opens as soon as you do.")
+    with store.session() as s:
+        waiting = {p.name: review.progress(s, user["id"], p.id).remaining for p in projects}
+    st.markdown("\n".join(f"- **{name}**: {n} item(s) to review"
+                           for name, n in waiting.items()))
     st.stop()
 classes = list(project.label_classes)
 
