@@ -58,7 +58,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[list[Path], list[Path] | None, str]
     return {
         "empty": ([empty], None, "empty (0 bytes)"),
         "truncated": ([truncated], None, "damaged or truncated"),
-        "text as dcm": ([text_dcm], None, "not a DICOM file"),
+        "text as dcm": ([text_dcm], None, "no 'DICM' marker"),
         "no pixel data": ([no_pixels], None, "no pixel data"),
         "mask shape": ([_nifti(tmp / "img.nii.gz", good)],
                        [_nifti(tmp / "mask.nii.gz", np.zeros((8, 9, 5), np.uint8))],

@@ -164,8 +164,9 @@ def read_dicom_header(path: Path) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(str(path), force=False)
     except InvalidDicomError:
-        raise InvalidInput("it is not a DICOM file (no 'DICM' marker): check the file "
-                           "type") from None
+        raise InvalidInput("not an image medloop reads: it is neither NIfTI (.nii, .nii.gz), "
+                           "PNG/JPEG/TIFF, nor DICOM (no 'DICM' marker); import images in one "
+                           "of these formats") from None
     except Exception as exc:  # pydicom raises many types for damaged files
         raise InvalidInput(f"the DICOM file is damaged ({type(exc).__name__}: {exc}): "
                            "export it again") from None
