@@ -99,7 +99,6 @@ def signed_in_user(store: Store) -> dict | None:
         return None
     try:
         signed = sessions.resume(store, token)
-        print('RESUMED', signed)
     except SessionEnded as exc:
         quiet = str(exc) in ("you are not signed in", "you signed out")
         st.session_state["session_token"] = token

@@ -116,6 +116,23 @@ def _pending(holdout: dict | None) -> str:
     return ""
 
 
+def _choice(v: ModelVersion) -> str:
+    """A version as the promotion picker lists it: the figures the bar judges on (a mean
+    Dice over mostly empty slices looks good whatever the model does)."""
+    metrics = v.metrics or {}
+    where = [d for d in ((metrics.get("holdout") or {}).get("dice_where_present") or {})
+             .values() if d is not None]
+    vs_empty = (metrics.get("decision") or {}).get("delta_vs_empty")
+    figures = [v.status]
+    if (mean := (metrics.get("holdout") or {}).get("mean_dice")) is not None:
+        figures.append(f"Dice {mean:.3f}")
+    if where:
+        figures.append(f"lowest class Dice {min(where):.2f} on slices with it")
+    if vs_empty is not None:
+        figures.append(f"{vs_empty:+.3f} vs proposing nothing")
+    return f"{v.name} ({', '.join(figures)})"
+
+
 def _table(versions: list[ModelVersion], classes: list[dict]) -> pd.DataFrame:
     names = {v.id: v.name for v in versions}
     rows = []
@@ -252,10 +269,7 @@ else:
     if not others:
         st.caption("The champion is the only version.")
     else:
-        labels = {v.id: f"{v.name} ({v.status}"
-                  + (f", Dice {d:.3f}" if (d := (v.metrics or {}).get("holdout", {})
-                                            .get("mean_dice")) is not None else "") + ")"
-                  for v in others}
+        labels = {v.id: _choice(v) for v in others}
         c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
         c1.selectbox("Version", list(labels), format_func=labels.get,
                      key=f"promote-{project.id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -135,6 +136,12 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.loop.worker import serve
 
+    # Background work yields the CPU to the web app: on a 2-core machine a training job at
+    # normal priority made a box on the review page take twice as long (walk-through).
+    # The OS scheduler does this better than any throttle of ours.
+    nice = int(os.environ.get("MEDLOOP_WORKER_NICE", "10"))
+    if nice:
+        os.nice(nice)
     serve(_store(), poll_s=args.poll, once=args.once)
     return 0
 

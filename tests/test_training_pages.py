@@ -36,6 +36,7 @@ def make_project(store: Store, name: str, modality: str,
 
 def _holdout(dice: float) -> dict:
     return {"cases": 8, "mean_dice": dice, "dice": {"1": dice + 0.05, "2": dice - 0.05},
+            "dice_where_present": {"1": dice - 0.1, "2": None},
             "hd95": {"1": 4.25, "2": None}, "by_source": {}}
 
 
@@ -138,8 +139,10 @@ def test_rollback_from_the_page_makes_the_older_version_champion(sqlite_store,
     project, curator, _, (v1, v2, v3) = registry_project
     at = _app(sqlite_store, "carl", "pages/training.py")
     choice = at.selectbox(key=f"promote-{project.id}")
-    assert set(choice.options) == {"task-unet-j3 (rejected, Dice 0.804)",
-                                   "task-unet-j1 (retired, Dice 0.710)"}
+    # The picker shows what the bar judges on, not only a mean over mostly empty slices.
+    assert set(choice.options) == {
+        "task-unet-j3 (rejected, Dice 0.804, lowest class Dice 0.70 on slices with it)",
+        "task-unet-j1 (retired, Dice 0.710, lowest class Dice 0.61 on slices with it)"}
     choice.set_value(v1).run()
     at.button(key="make-champion").click().run()
     assert not at.exception
