@@ -133,7 +133,8 @@ def sign_in() -> None:
     store = st.session_state["store"]
     if st.session_state.get("ended"):
         why = st.session_state["ended"]
-        st.info(f"You were signed out: {why}" + ("." if "sign in" in why else ": sign in again."))
+        # A reason that says what to do ("...: ask an admin") is shown as it is.
+        st.info(f"You were signed out: {why}" + ("." if ":" in why else ": sign in again."))
     st.title("medloop")
     if oidc_configured():
         if getattr(st.user, "is_logged_in", False):

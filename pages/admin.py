@@ -53,7 +53,7 @@ with users_tab:
     who = st.selectbox("User", list(by_name), key="admin-user")
     target = by_name[who]
     c1, c2, c3 = st.columns(3)
-    new_role = c1.selectbox("Role", ROLES, index=ROLES.index(target.role.value),
+    new_role = c1.selectbox("Change role to", ROLES, index=ROLES.index(target.role.value),
                             key="admin-role")
     try:
         if c1.button("Save role", disabled=new_role == target.role.value):

@@ -54,7 +54,7 @@ def set_disabled(session: Session, actor_id: int, user_id: int, disabled: bool) 
     user.disabled = disabled
     session.add(user)
     ended = sessions.end_all(session, user.id, f"an admin ({admin.name}) disabled your "
-                             "account") if disabled else 0
+                             "account: ask an admin to enable it") if disabled else 0
     audit.record(session, admin.name, "user.disable" if disabled else "user.enable", "user",
                  user.id, name=user.name, sessions_ended=ended)
     return user

@@ -78,7 +78,9 @@ def sign_in(store: Store, name: str, password: str) -> tuple[User, str]:
                 user.locked_until = now + LOCKOUT
                 user.failed_logins = 0
                 ended = sessions.end_all(s, user.id, "your account was locked after "
-                                         f"{MAX_FAILED_LOGINS} failed sign-ins")
+                                         f"{MAX_FAILED_LOGINS} failed sign-ins: try again in "
+                                         f"{int(LOCKOUT.total_seconds() // 60)} minutes, or "
+                                         "ask an admin to reset your password")
                 why = _refused(s, name, user, f"wrong password, {MAX_FAILED_LOGINS} times in a "
                                f"row: the account is now locked for "
                                f"{int(LOCKOUT.total_seconds() // 60)} minutes (an admin can "

@@ -82,9 +82,10 @@ def _why_not(row: UserSession | None, user: User | None, now: datetime) -> str |
     if _aware(row.expires_at) <= now:
         return "your session expired"
     if user.disabled:
-        return "an admin disabled your account"
+        return "an admin disabled your account: ask an admin to enable it"
     if user.locked_until is not None and _aware(user.locked_until) > now:
-        return "your account was locked after too many failed sign-ins"
+        return ("your account was locked after too many failed sign-ins: try again later, "
+                "or ask an admin to reset your password")
     return None
 
 

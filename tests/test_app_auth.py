@@ -106,7 +106,9 @@ def test_a_lockout_ends_the_open_session(demo, sqlite_store):
     for _ in range(MAX_FAILED_LOGINS):  # someone else guesses in another browser
         other = _sign_in("clinician", "guess guess guess")
     assert "now locked" in other.error[0].value
-    assert _signed_out_because(at.run(), "locked after 5 failed sign-ins")
+    # The reason says what to do (seen in the walk-through: "...: sign in again" was wrong).
+    assert _signed_out_because(at.run(), "locked after 5 failed sign-ins: try again in 15 "
+                               "minutes, or ask an admin to reset your password.")
     with sqlite_store.session() as s:
         events = [e.action for e in s.exec(select(AuditEvent).where(
             AuditEvent.action.startswith("auth.")).order_by(AuditEvent.id)).all()]
@@ -120,7 +122,7 @@ def test_disabling_ends_and_a_role_change_updates_the_open_session(demo, sqlite_
         ids = {u.name: u.id for u in s.exec(select(User)).all()}
         admin.set_role(s, ids["admin"], ids["clinician"], "curator")
         admin.set_disabled(s, ids["admin"], ids["curator"], True)
-    assert _signed_out_because(cur.run(), "disabled your account")
+    assert _signed_out_because(cur.run(), "disabled your account: ask an admin to enable it.")
     clin.run()
     assert _on_review(clin) and clin.session_state["user"]["role"] == "curator"
     clin.switch_page("pages/dataset.py").run()  # a curator's page, now in the navigation
