@@ -82,10 +82,12 @@ def queue_training(store: Store, project_id: int, **overrides) -> int:
 
 
 @contextmanager
-def worker_process(*args: str) -> Iterator[subprocess.Popen]:
-    """`medloop worker ARGS` as a process (this environment); killed if still alive after."""
+def worker_process(*args: str, env: dict[str, str] | None = None
+                   ) -> Iterator[subprocess.Popen]:
+    """`medloop worker ARGS` as a process (this environment, plus `env`); killed if still
+    alive after."""
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", *args],
-                            env=os.environ.copy(), stdout=subprocess.PIPE,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         yield proc

@@ -53,10 +53,11 @@ def _job_writes(store: Store, job_id: int) -> int:
 
 @pytest.fixture
 def busy_worker(store):
-    """A real worker process running a job that writes its progress every few ms."""
+    """A real worker process running a job that writes its progress every few ms, at normal
+    CPU priority (not the default nice 10) so that it contends for the lock all the time."""
     with store.session(immediate=True) as s:
         job_id = enqueue(s, "noop", "test", busy_s=600, report_every_s=0.002).id
-    with worker_process("--poll", "0.1"):
+    with worker_process("--poll", "0.1", env={"MEDLOOP_WORKER_NICE": "0"}):
         wait_for(store, job_id, lambda j: j.status == JobStatus.running and j.progress > 0,
                  timeout=120)
         yield job_id
