@@ -217,6 +217,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench.propose import main as bench_main
     elif args.what == "promotion":
         from pipeline.bench.promotion import main as bench_main
+    elif args.what == "propagate":
+        from pipeline.bench.propagate import main as bench_main
     return bench_main(args.rest)
 
 
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(fn=cmd_fm)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
-    bench.add_argument("what", choices=["ingest", "fm", "review", "loop", "propose",
+    bench.add_argument("what", choices=["ingest", "fm", "review", "loop", "propose", "propagate",
                                           "promotion"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
