@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.active.propagate import StopRule, Step, follow
+from pipeline.active.propagate import Step, StopRule, follow
 from pipeline.bench.propagate import Embeddings, main, phantom_volume, seed_slice
 from pipeline.fm import load_foundation_model
 
