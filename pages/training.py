@@ -120,11 +120,11 @@ def _choice(v: ModelVersion) -> str:
     """A version as the promotion picker lists it: the figures the bar judges on (a mean
     Dice over mostly empty slices looks good whatever the model does)."""
     metrics = v.metrics or {}
-    where = [d for d in ((metrics.get("holdout") or {}).get("dice_where_present") or {})
-             .values() if d is not None]
+    holdout = metrics.get("holdout") or {}
+    where = [d for d in (holdout.get("dice_where_present") or {}).values() if d is not None]
     vs_empty = (metrics.get("decision") or {}).get("delta_vs_empty")
     figures = [v.status]
-    if (mean := (metrics.get("holdout") or {}).get("mean_dice")) is not None:
+    if (mean := holdout.get("mean_dice")) is not None:
         figures.append(f"Dice {mean:.3f}")
     if where:
         figures.append(f"lowest class Dice {min(where):.2f} on slices with it")

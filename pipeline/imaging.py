@@ -13,6 +13,20 @@ def cut_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.rot90(volume[(slice(None),) * axis + (index,)])
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks (anything > 0 is foreground); 1.0 when both are empty. A scalar on
+    two numpy arrays: MONAI's DiceMetric wants batched one-hot tensors for the same."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 1.0
+
+
+def axial_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:
+    """All slices of a canonical volume along `axis`, as (slices, rows, cols), each oriented
+    as cut_slice shows it (one rotation for the whole volume, not one per slice)."""
+    return np.ascontiguousarray(np.moveaxis(np.rot90(volume, axes=(0, 1)), axis, 0))
+
+
 def uncut_slice(slice2d: np.ndarray) -> np.ndarray:
     """Inverse of cut_slice's rotation: back to the volume's own in-plane axis order."""
     return np.rot90(slice2d, k=-1)

@@ -13,7 +13,8 @@ from store.models import Role, User, utcnow
 from store.users import check_password
 
 MAX_FAILED_LOGINS = 5
-LOCKOUT = timedelta(minutes=15)
+LOCKOUT_MINUTES = 15
+LOCKOUT = timedelta(minutes=LOCKOUT_MINUTES)
 RANK = {Role.clinician: 1, Role.curator: 2, Role.admin: 3}
 
 
@@ -79,11 +80,11 @@ def sign_in(store: Store, name: str, password: str) -> tuple[User, str]:
                 user.failed_logins = 0
                 ended = sessions.end_all(s, user.id, "your account was locked after "
                                          f"{MAX_FAILED_LOGINS} failed sign-ins: try again in "
-                                         f"{int(LOCKOUT.total_seconds() // 60)} minutes, or "
+                                         f"{LOCKOUT_MINUTES} minutes, or "
                                          "ask an admin to reset your password")
                 why = _refused(s, name, user, f"wrong password, {MAX_FAILED_LOGINS} times in a "
                                f"row: the account is now locked for "
-                               f"{int(LOCKOUT.total_seconds() // 60)} minutes (an admin can "
+                               f"{LOCKOUT_MINUTES} minutes (an admin can "
                                "unlock it by resetting the password)", cause="wrong password",
                                locked=True, sessions_ended=ended)
             else:

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from pipeline.fm.base import Embedding, FoundationModel
 from pipeline.fm.proposals import MIN_COMPONENT_PX, MIN_FRACTION_OF_LARGEST
+from pipeline.imaging import dice
 
 MARGIN_PX = 2
 
@@ -77,14 +78,6 @@ class Propagation:
 
     proposals: dict[int, np.ndarray] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
-    # slice -> class values the propagation reached there (a later job records provenance)
-    sources: dict[int, set[int]] = field(default_factory=dict)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 1.0
 
 
 def components(mask: np.ndarray, min_pixels: int = MIN_COMPONENT_PX) -> list[np.ndarray]:
@@ -180,7 +173,6 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
         if skip is None or not skip(nxt):
             target = out.proposals.setdefault(nxt, np.zeros(validated.shape, validated.dtype))
             target[union & (target == 0)] = value
-            out.sources.setdefault(nxt, set()).add(value)
         fronts[(value, d)] = (nxt, components(union) or [union], union)
     return out
 

@@ -16,6 +16,7 @@ from sqlmodel import select
 from pipeline.fm.device import configure_threads
 from pipeline.fm.litemedsam import load_litemedsam
 from pipeline.fm.multiclass import boxes_from_mask
+from pipeline.imaging import axial_slices, dice
 
 # case -> normalisations to try (the first is the one a user would pick)
 CASES: dict[str, tuple[str, ...]] = {
@@ -38,17 +39,8 @@ def load_case(data_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     volumes = []
     for part in ("image", "label"):
         img = nib.as_closest_canonical(nib.load(Path(data_dir) / f"{case}_{part}.nii.gz"))
-        data = np.asanyarray(img.dataobj)
-        # cut_slice's rotation applied to all slices at once (np.take per slice copies the
-        # whole volume each time)
-        volumes.append(np.ascontiguousarray(np.moveaxis(np.rot90(data, axes=(0, 1)), AXIAL, 0)))
+        volumes.append(axial_slices(np.asanyarray(img.dataobj), AXIAL))
     return volumes[0], volumes[1]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return float(2.0 * (a & b).sum() / total) if total else 1.0
 
 
 def run_fm_bench(

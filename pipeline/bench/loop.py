@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.bench.review import CLASSES, Lesion, _percentile, _volume
+from pipeline.imaging import dice as _dice
 from store.db import Store
 from store.models import Job, JobStatus
 from store.settings import load_settings
@@ -305,12 +306,6 @@ def measure_retrain(b: Bench, worker: subprocess.Popen, log: Path, timeout_s: fl
              f"mean over {len(dice)} pool slices (the synthetic lesion)"),
     ]
     return rows
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum() + b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 1.0
 
 
 def show_next_item(b: Bench) -> tuple[float, float, tuple[int, int | None] | None]:

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pipeline.bench.fm import CASES, default_data_dir, dice, load_case
+from pipeline.bench.fm import CASES, default_data_dir, load_case
 from pipeline.fm.proposals import segment_classes
+from pipeline.imaging import dice
 
 BANDS = np.round(np.arange(0.0, 1.01, 0.1), 1)
 SHIFTS = (0.0, 0.35, 0.7, 1.0, 1.4, 2.0)  # in radii of the structure

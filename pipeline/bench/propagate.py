@@ -36,11 +36,11 @@ from pipeline.active.propagate import (
     StopRule,
     box_of,
     components,
-    dice,
     follow,
     naive_follow,
 )
 from pipeline.fm.base import FoundationModel, embedding_from_bytes, embedding_to_bytes
+from pipeline.imaging import axial_slices, dice
 
 ACCEPT_DICE = 0.9  # "accepted as is"
 
@@ -67,10 +67,8 @@ def shared_volumes(data_dir: Path | None = None) -> list[Volume]:
     with tempfile.TemporaryDirectory() as tmp:
         img_path, lab_path = mni152_volumes(Path(tmp))  # the demo's volume
         image, label = read_nifti(img_path).array, read_nifti(lab_path).array
-    # as cut_slice shows them: (slices, rows, cols)
-    image = np.ascontiguousarray(np.moveaxis(np.rot90(image, axes=(0, 1)), 2, 0))
-    label = np.ascontiguousarray(np.moveaxis(np.rot90(label, axes=(0, 1)), 2, 0))
-    out.append(Volume("mni152", image, label.astype(np.uint8), "MR", (1, 2)))
+    out.append(Volume("mni152", axial_slices(image), axial_slices(label).astype(np.uint8), "MR",
+                      (1, 2)))
     return out
 
 
@@ -294,10 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give the reference MASK after IMAGE")
         from pipeline.ingest.readers import read_nifti
 
-        image, label = read_nifti(args.image).array, read_nifti(args.mask).array
-        image = np.ascontiguousarray(np.moveaxis(np.rot90(image, axes=(0, 1)), 2, 0))
-        label = np.ascontiguousarray(np.moveaxis(np.rot90(label, axes=(0, 1)), 2, 0))
-        label = np.rint(label).astype(np.int32)
+        image = axial_slices(read_nifti(args.image).array)
+        label = np.rint(axial_slices(read_nifti(args.mask).array)).astype(np.int32)
         classes = (tuple(int(c) for c in args.classes.split(",")) if args.classes
                    else tuple(int(v) for v in np.unique(label) if v))
         volumes = [Volume(args.image.name, image, label, args.modality, classes)]

@@ -44,6 +44,7 @@ from pipeline.fm.proposals import (
     coarse_prompts,
     segment_classes,
 )
+from pipeline.imaging import dice as _dice
 from pipeline.task.model import Sample, TaskModel, TaskModelConfig, build_network, train
 
 RADIOMICS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "radiomics"
@@ -209,12 +210,6 @@ def measure_rules(weak_epochs: list[int], rng: np.random.Generator) -> pd.DataFr
 
 
 # --------------------------------------------------------------------------- fm
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum() + b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 1.0
 
 
 def bench_slices(slices: list[Slice], n: int) -> list[Slice]:
