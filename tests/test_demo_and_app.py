@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app
+from browser import ARTIFACTS, chromium_page, require_browser, sign_in, streamlit_app, wait_idle
 from pipeline.demo import BRAIN_PROJECT, DICOM_PROJECT, create_demo
 from store.jobs import enqueue
 from store.models import AuditEvent, Item, Job, JobStatus, Label, LabelKind, Project, User
@@ -128,7 +128,9 @@ def test_a_curators_export_download_is_in_the_audit_log(sqlite_store):
     with streamlit_app() as url, chromium_page() as page:
         sign_in(page, url, "curator", passwords["curator"])
         page.get_by_role("link", name="Dataset").click()
+        wait_idle(page)  # a click during the page's run can land on a button being replaced
         page.get_by_text("Export validated labels").click()
+        wait_idle(page)
         with page.expect_download(timeout=60_000) as download:
             page.get_by_role("button", name="Download").first.click()
         name = download.value.suggested_filename

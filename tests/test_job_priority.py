@@ -113,24 +113,33 @@ def test_an_export_queued_during_training_runs_at_the_next_epoch_end(sqlite_stor
 
     from loop_helpers import phantom_project, queue_training
 
+    # Enough epochs (about 0.3 s each here) that the first look at the queue, 1 s in, comes
+    # well before the last one on faster cores too.
+    EPOCHS = 24
+
     store = sqlite_store
-    bench = phantom_project(store, n_train=40, n_holdout=20, n_pool=2, epochs=8)
+    bench = phantom_project(store, n_train=40, n_holdout=20, n_pool=2, epochs=EPOCHS)
     train_id = queue_training(store, bench.project_id)
     with worker_process("--poll", "0.1"):
-        wait_for(store, train_id, lambda j: "epoch 1/8" in j.log_tail, timeout=300)
+        wait_for(store, train_id, lambda j: j.status == JobStatus.running, timeout=300)
         with store.session(immediate=True) as s:
             export_id = queue_export(s, bench.curator, bench.project_id).id
+        # As if it had waited past YIELD_AFTER_S already: on CI's faster cores the epochs
+        # could end before a real 2 s wait did, and the test would prove nothing.
+        _age(store, export_id, 2 * context.YIELD_AFTER_S)
         export = wait_for(store, export_id, finished, timeout=300)
-        with store.session() as s:
-            training = s.get(Job, train_id)
-        assert export.status == JobStatus.succeeded, export.error
-        assert training.status != JobStatus.succeeded  # the export did not wait for it
         training = wait_for(store, train_id, finished, timeout=600)
+    assert export.status == JobStatus.succeeded, export.error
     assert training.status == JobStatus.succeeded and training.attempts == 1
-    assert f"yielded to export job {export_id}" in training.log_tail
+    assert export.finished_at < training.finished_at
+    # the export did not wait for the training: it ran at an epoch end before the last one
+    log = training.log_tail
+    assert f"yielded to export job {export_id}" in log
+    last = log.index(f"epoch {EPOCHS}/{EPOCHS}:")
+    assert log.index(f"yielded to export job {export_id}") < last
     # every epoch ran once: it resumed from its checkpoint, it did not start again
-    epochs = [int(m) for m in re.findall(r"epoch (\d+)/8:", training.log_tail)]
-    assert epochs == list(range(1, 9))
+    epochs = [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}:", training.log_tail)]
+    assert epochs == list(range(1, EPOCHS + 1))
 
 
 def test_the_worker_process_leaves_the_cpu_to_the_web_app(store):
