@@ -86,6 +86,7 @@ def test_an_export_queued_behind_a_long_propose_job_on_one_worker_runs_first(
         wait_for(store, propose_id, lambda j: j.message.startswith("1/"), timeout=180)
         with store.session(immediate=True) as s:
             export_id = queue_export(s, made.curator, made.project_id).id
+        _age(store, export_id, 2 * context.YIELD_AFTER_S)  # the pool outlasts the wait anywhere
         export = wait_for(store, export_id, finished, timeout=120)
         with store.session() as s:
             during = s.get(Job, propose_id)
