@@ -134,12 +134,11 @@ def test_an_export_queued_during_training_runs_at_the_next_epoch_end(sqlite_stor
     assert training.status == JobStatus.succeeded and training.attempts == 1
     assert export.finished_at < training.finished_at
     # the export did not wait for the training: it ran at an epoch end before the last one
-    log = training.log_tail
-    assert f"yielded to export job {export_id}" in log
-    last = log.index(f"epoch {EPOCHS}/{EPOCHS}:")
-    assert log.index(f"yielded to export job {export_id}") < last
+    log, yielded = training.log_tail, f"yielded to export job {export_id}"
+    assert yielded in log
+    assert log.index(yielded) < log.index(f"epoch {EPOCHS}/{EPOCHS}:")
     # every epoch ran once: it resumed from its checkpoint, it did not start again
-    epochs = [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}:", training.log_tail)]
+    epochs = [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}:", log)]
     assert epochs == list(range(1, EPOCHS + 1))
 
 
