@@ -63,6 +63,9 @@ class Project(SQLModel, table=True):
     label_classes: list[dict] = _json(default_factory=list, nullable=False)
     # Task-model training settings that differ from the defaults (store/retraining.py).
     training: dict = _json(default_factory=dict, nullable=False)
+    # The active-learning strategy that orders the review queue (pipeline/active/strategies.py);
+    # None: the default.
+    strategy: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -175,12 +178,34 @@ class Label(SQLModel, table=True):
     # The model whose coarse mask prompted the author model (the task model behind an FM
     # refinement); None when the author worked alone.
     prompt_model_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    # A propagated proposal: the validated label version it was followed from (on a nearer
+    # slice of the same volume); None for every other label.
+    source_label_id: int | None = Field(default=None, foreign_key="label.id", index=True)
     author: str  # display name: a user name, a model version name, or "import"
     predicted_iou: float | None = None
     dice_vs_parent: float | None = None
     seconds_spent: float | None = None
     interactions: int | None = None
     reason: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ItemScore(SQLModel, table=True):
+    """An active-learning score of an item under one strategy and model version: why the
+    queue serves it when it does. Appended per score job; the newest row per item counts."""
+
+    __table_args__ = (Index("ix_itemscore_item_created", "item_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    # None for the cold start (no task model yet: FM embeddings only).
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    strategy: str
+    score: float
+    rank: int
+    reason: str = ""
+    job_id: int | None = Field(default=None, foreign_key="job.id")
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -124,13 +124,15 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
            start: int, validated: np.ndarray, class_values: Sequence[int],
            rule: StopRule | None = None, prior: bool = True, recentre: bool = True,
            per_component_agreement: float = 0.1, limit: int | None = None,
-           skip: Callable[[int], bool] | None = None) -> Propagation:
+           skip: Callable[[int], bool] | None = None,
+           image: Callable[[int], np.ndarray] | None = None) -> Propagation:
     """Propose masks outward from `validated` (the label map of slice `start`).
 
     Immediate neighbours are done first (both directions' first slices before anything
     further), so the next slice is ready while the clinician is on this one. `skip(k)`
     says a slice may not be proposed (reviewed, or someone holds it): the structure is still
     followed through it, from the FM's mask there. `limit` caps the slices per direction.
+    `image(k)` gives slice k's pixels (for checks against the image itself; optional).
     """
     rule = rule or DEFAULT_RULE
     out = Propagation()
