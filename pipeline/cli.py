@@ -48,7 +48,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     report = ingest(store, project, args.paths, masks=args.masks, axis=AXES[args.axis],
                     frame=args.frame, actor=args.actor, progress=progress,
-                    modality=args.modality, again=args.again)
+                    modality=args.modality, again=args.again, score=not args.no_score)
     bar.close()
     if report.created_project:
         print(f"created project {args.project!r}")
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--again", action="store_true",
                      help="import series that the project holds already a second time "
                           "(by default they are skipped and named)")
+    ing.add_argument("--no-score", action="store_true",
+                     help="do not queue the review-order (score) job for the new items")
     ing.add_argument("--actor", default="cli", help="who to record in the audit log")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(fn=cmd_ingest)

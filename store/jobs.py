@@ -17,14 +17,17 @@ from store.errors import Conflict, InvalidInput, NotFound
 from store.models import Job, JobStatus, Role, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
-# Kinds of which a project has at most one queued or running job.
-SINGLE_PER_PROJECT = ("train", "propose")
+# Kinds of which a project has at most one queued or running job (`score` too when retried:
+# store/scores.py queue_score keeps one queued score job per project).
+SINGLE_PER_PROJECT = ("train", "propose", "score")
 LOG_TAIL_CHARS = 4000
 # Higher is claimed first. A person waits for an export (a curator's download) and for an
 # evaluation (the promotion after Retrain now); proposing for the whole pool and training
 # are long background work, and yield to these between items or epochs
-# (JobContext.yield_if_waiting). Kinds not named here: 0.
-PRIORITY = {"export": 20, "evaluate": 10, "propose": 0, "train": 0}
+# (JobContext.yield_if_waiting). Ordering the review queue (`score`) comes before them: with a
+# task model it takes seconds, and the cold start's embeddings are the ones propose needs
+# anyway. Kinds not named here: 0.
+PRIORITY = {"export": 20, "evaluate": 10, "score": 5, "propose": 0, "train": 0}
 
 
 def _log(job: Job, line: str, as_message: bool = True) -> None:

@@ -10,6 +10,7 @@ from store.auth import require
 from store.errors import Conflict, InvalidInput, NotFound
 from store.jobs import queue_refresh
 from store.models import ModelVersion, Role
+from store.scores import queue_score
 
 
 def find_version(session: Session, family: str, name: str,
@@ -72,6 +73,8 @@ def promote(session: Session, mv: ModelVersion, actor: str, reason: str,
     session.flush()
     audit.record(session, actor, action, "modelversion", mv.id, name=mv.name,
                  replaced=previous.name if previous is not None else None, reason=reason)
+    if mv.family == "task":  # the new champion re-orders the review queue
+        queue_score(session, mv.project_id, actor, f"{mv.name} became the champion")
     return mv
 
 

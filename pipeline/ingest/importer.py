@@ -43,6 +43,7 @@ from store.imports import (
 )
 from store.models import Project
 from store.projects import ProjectSpec, check_new_project, create_project
+from store.scores import queue_score
 
 Progress = Callable[[int, int, str], None]
 log = logging.getLogger("medloop.ingest")
@@ -281,6 +282,7 @@ def ingest(
     progress: Progress | None = None,
     modality: str | None = None,
     again: bool = False,
+    score: bool = False,
 ) -> IngestReport:
     """Import files and folders; masks, when given, pair with the image files in order.
 
@@ -290,6 +292,8 @@ def ingest(
     modality overrides what the files say (NIfTI and PNG say nothing: the project's is used).
     A series the project holds already (same raw array; for DICOM also the same de-identified
     series UID) is skipped and named in report.skipped; again=True imports it once more.
+    score=True queues the project's `score` job once anything landed (the cold-start review
+    order: pipeline/loop/score.py).
     """
     report = IngestReport(project=project if isinstance(project, Project) else None)
     if isinstance(project, ProjectSpec):
@@ -371,6 +375,10 @@ def ingest(
             report.skipped.append(Skip(label, _again_hint(exc.earlier)))
         except InvalidInput as exc:
             report.rejected.append(Rejection(label, str(exc)))
+    if score and report.imported and report.project is not None:
+        with store.session(immediate=True) as s:
+            queue_score(s, report.project.id, actor,
+                        f"{report.n_items} item(s) imported by {actor}")
     if progress:
         progress(len(units), len(units), "done")
     return report

@@ -1,6 +1,5 @@
-"""The registry of job kinds: kind name -> the step that runs it. `score` (active learning)
-and `generate` (synthesis) register here when those capabilities land; until then such a
-job fails saying so."""
+"""The registry of job kinds: kind name -> the step that runs it. `generate` (synthesis)
+registers here when that capability lands; until then such a job fails saying so."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from pipeline.curation.export import export_dataset
 from pipeline.loop.context import JobContext
 from pipeline.loop.propose import refresh_proposals
+from pipeline.loop.score import score_pool
 from pipeline.loop.train import run_evaluation, run_training
 from store.db import Store
 from store.models import Job
@@ -17,7 +17,7 @@ from store.models import Job
 Handler = Callable[[Store, Job, JobContext], None]
 HANDLERS: dict[str, Handler] = {}
 # Job kinds the design names whose capability has not landed yet.
-NOT_YET = {"score": "active-learning scoring", "generate": "diffusion synthesis"}
+NOT_YET = {"generate": "diffusion synthesis"}
 
 
 def handles(kind: str) -> Callable[[Handler], Handler]:
@@ -49,3 +49,4 @@ handles("train")(run_training)
 handles("evaluate")(run_evaluation)
 handles("propose")(refresh_proposals)
 handles("export")(export_dataset)
+handles("score")(score_pool)

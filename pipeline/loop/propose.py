@@ -29,6 +29,7 @@ from store.db import Store
 from store.errors import InvalidInput
 from store.models import Item, Job, LabelKind, ModelVersion, utcnow
 from store.registry import ensure_model_version
+from store.scores import queue_score
 
 BATCH = 8  # items through the task model at once
 # Work lost to a killed worker is at most this much (plus the item in hand); each checkpoint
@@ -160,6 +161,8 @@ def refresh_proposals(store: Store, job: Job, ctx: JobContext) -> dict:
             if at.done < at.total:  # after the last item there is nothing to go on with
                 at.pause_points()
     at.checkpoint()
+    with store.session(immediate=True) as s:  # the fresh proposals' pool, re-ordered
+        queue_score(s, job.project_id, "worker", f"proposals refreshed by job {job.id}")
     ctx.report(100, f"{counts['refined']} FM-refined, {counts['task']} task-model, "
                     f"{counts['empty']} empty, {counts['unchanged']} unchanged proposals "
                     f"({len(pool)} items)")
