@@ -1,6 +1,9 @@
 """The embedded demo: MNI152 brain slices with a tissue label map, and pydicom's sample DICOMs.
 
-Everything comes from installed packages (nilearn, pydicom); nothing is downloaded.
+Everything comes from installed packages (nilearn, pydicom); nothing is downloaded. The
+review queue is ordered at once by the cold start on thumbnails (the first slice a clinician
+sees holds brain, the near-empty top and bottom slices come last); the queued `score` job
+refines that order on the FM's embeddings when a worker runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 from sqlmodel import select
 
 from pipeline.ingest.importer import IngestReport, ingest
+from pipeline.loop.score import quick_order
 from store.db import Store
 from store.models import Project, Role, User
 from store.projects import create_project
@@ -80,13 +84,16 @@ def create_demo(store: Store, actor: str = "demo") -> DemoResult:
         with tempfile.TemporaryDirectory() as tmp:
             image, labels = mni152_volumes(Path(tmp))
             result.reports[BRAIN_PROJECT] = ingest(store, project, [image], masks=[labels],
-                                                   actor=actor)
+                                                   actor=actor, score=True)
+        quick_order(store, project.id)
         result.created_projects.append(BRAIN_PROJECT)
     if DICOM_PROJECT not in have:
         with store.session(immediate=True) as s:
             project = create_project(
                 s, DICOM_PROJECT, "CT", [{"name": "lesion", "value": 1, "color": "#e6194b"}],
                 actor)
-        result.reports[DICOM_PROJECT] = ingest(store, project, pydicom_samples(), actor=actor)
+        result.reports[DICOM_PROJECT] = ingest(store, project, pydicom_samples(), actor=actor,
+                                               score=True)
+        quick_order(store, project.id)
         result.created_projects.append(DICOM_PROJECT)
     return result

@@ -43,6 +43,35 @@ def test_demo_is_real_data_and_runs_once(store):
     assert again.created_projects == [] and again.passwords == {}
 
 
+def test_the_demos_first_slice_is_informative_and_empty_slices_come_last(sqlite_store):
+    """Issue 10: the demo opened on the empty top slice of the head. Its queue is now ordered
+    at setup (the cold start on thumbnails), and its score job is queued to refine that."""
+    from store import labels, review
+
+    create_demo(sqlite_store)
+    with sqlite_store.session() as s:
+        clinician = s.exec(select(User).where(User.name == "clinician")).one().id
+        brain = s.exec(select(Project).where(Project.name == BRAIN_PROJECT)).one()
+        queued = s.exec(select(Project.name).join(Job, Job.project_id == Project.id)
+                        .where(Job.kind == "score", Job.status == JobStatus.queued)).all()
+    assert sorted(queued) == sorted([BRAIN_PROJECT, DICOM_PROJECT])
+    first = review.lease_next(sqlite_store, clinician, brain.id)
+
+    def tissue(item: Item) -> float:
+        with sqlite_store.session() as s:
+            return float((sqlite_store.blobs.get_array(
+                labels.ground_truth(s, item.id).mask_blob) > 0).mean())
+
+    with sqlite_store.session() as s:
+        items = s.exec(select(Item).where(Item.project_id == brain.id)
+                       .order_by(Item.priority.desc(), Item.id)).all()
+    fractions = [tissue(i) for i in items]
+    assert items[0].id == first.id
+    assert fractions[0] > 0.3  # grey and white matter over a third of the slice
+    # the five slices with least brain (under 2 %) are the last five in the queue
+    assert sorted(fractions[-5:]) == sorted(fractions)[:5] and max(fractions[-5:]) < 0.02
+
+
 def test_worker_process_runs_and_fails_unknown_jobs_clearly(sqlite_store):
     with sqlite_store.session(immediate=True) as s:
         job_id = enqueue(s, "teleport", "tester").id
@@ -124,7 +153,7 @@ def test_a_curators_export_download_is_in_the_audit_log(sqlite_store):
         review.accept(sqlite_store, clinician, item.id, head.id)
     with sqlite_store.session(immediate=True) as s:
         queue_export(s, curator, brain_items(sqlite_store)[0].project_id)
-    serve(sqlite_store, poll_s=0.05, once=True)
+    serve(sqlite_store, poll_s=0.05, once=True, kinds={"export"})  # not the demo's score jobs
     with streamlit_app() as url, chromium_page() as page:
         sign_in(page, url, "curator", passwords["curator"])
         page.get_by_role("link", name="Dataset").click()
