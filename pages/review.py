@@ -312,6 +312,11 @@ with side:
     st.subheader(f"Item {item.id}")
     st.caption(f"{item.modality} · {where} · {item.split.value} · "
                f"{item.shape[1]}×{item.shape[0]} px")
+    from store.scores import latest_reason  # why the queue serves this item now (issue 10)
+
+    with store.session() as s:
+        if why := latest_reason(s, item.id):
+            st.caption(f"Why now: {why}")
     if item.source.value == "synthetic":
         prov = item.provenance or {}
         settings = prov.get("settings") or {k: v for k, v in prov.items()

@@ -1,5 +1,6 @@
 """Training: a project's task-model registry (champion, challengers and why they were kept
-out), its retraining settings, "Retrain now", and promotion or rollback."""
+out), its learning curve, its review order (the active-learning strategy), its retraining
+settings, "Retrain now", and promotion or rollback."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ if not st.session_state.get("check_session", lambda: False)():
     st.switch_page("app.py")
 
 from pages._ui import project_picker
-from store import queries, registry, retraining
+from pipeline.active import strategies
+from store import queries, registry, retraining, scores
 from store.errors import MedloopError
 from store.jobs import active_job
 from store.models import Job, JobStatus, ModelVersion, Role
@@ -78,6 +80,24 @@ def _set_champion(project_id: int, names: dict[int, str]) -> None:
         _flash("error", str(exc))
         return
     _flash("success", f"{names[version_id]} is now the champion ({why})")
+
+
+def _set_strategy(project_id: int) -> None:
+    name = st.session_state[f"strategy-{project_id}"]
+    try:
+        scores.set_strategy(store, user["id"], project_id,
+                            None if name == strategies.DEFAULT_STRATEGY else name,
+                            strategies.STRATEGIES)
+    except MedloopError as exc:
+        _flash("error", str(exc))
+        return
+    _flash("success", f"review order: {strategies.LABELS[name]}; the queue is being "
+                      "re-ordered (a score job: see the Jobs page)")
+
+
+def _strategy_label(name: str) -> str:
+    return strategies.LABELS.get(name, name) + (
+        " · default" if name == strategies.DEFAULT_STRATEGY else "")
 
 
 def _without_prefix(reason: str, prefix: str = "champion kept:") -> str:
@@ -185,6 +205,35 @@ def _chart(versions: list[ModelVersion]) -> alt.Chart | None:
             domain=list(STATUS_LABEL), range=["#f9ab00", "#1a73e8", "#d93025", "#9aa0a6"])))
 
 
+def _learning_curve(versions: list[ModelVersion]) -> pd.DataFrame:
+    """One point per evaluated version: validated labels it was trained on, holdout Dice
+    (mean, and the lowest class on the slices that hold it)."""
+    rows = []
+    for v in versions:
+        metrics = v.metrics or {}
+        labels_n = metrics.get("train", {}).get("items")
+        holdout = metrics.get("holdout") or {}
+        if labels_n is None or holdout.get("mean_dice") is None:
+            continue
+        rows.append({"version": v.name, "validated labels": int(labels_n),
+                     "measure": "mean Dice", "Dice": holdout["mean_dice"]})
+        where = [d for d in (holdout.get("dice_where_present") or {}).values()
+                 if d is not None]
+        if where:
+            rows.append({"version": v.name, "validated labels": int(labels_n),
+                         "measure": "lowest class Dice (slices with it)", "Dice": min(where)})
+    return pd.DataFrame(rows, columns=["version", "validated labels", "measure", "Dice"])
+
+
+def _curve_chart(curve: pd.DataFrame) -> alt.Chart:
+    base = alt.Chart(curve).encode(
+        x=alt.X("validated labels:Q", title="validated labels trained on"),
+        y=alt.Y("Dice:Q", title="holdout Dice", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="bottom")),
+        tooltip=["version", "measure", "validated labels", alt.Tooltip("Dice:Q", format=".3f")])
+    return base.mark_line() + base.mark_point(filled=True, size=70)
+
+
 st.title("Training")
 with store.session() as s:  # a clinician gets the store's PermissionDenied, shown by app.py
     projects = queries.projects_for(s, user["id"], Role.curator)
@@ -264,6 +313,16 @@ else:
         st.markdown("**Holdout mean Dice per version**")
         st.altair_chart(chart.properties(height=240), width="stretch")
 
+    st.subheader("Learning curve")
+    curve = _learning_curve(versions)
+    if curve.empty:
+        st.caption("No evaluated version yet: the curve starts with the first holdout "
+                   "evaluation.")
+    else:
+        st.caption("This project's own curve from real use: holdout Dice of each model "
+                   "version against the validated labels it was trained on.")
+        st.altair_chart(_curve_chart(curve).properties(height=240), width="stretch")
+
     st.subheader("Promote or roll back")
     others = [v for v in reversed(versions) if v.status != registry.CHAMPION]
     if not others:
@@ -277,6 +336,23 @@ else:
                       placeholder="e.g. the new champion misses small lesions")
         c3.button("Make champion", key="make-champion", on_click=_set_champion,
                   args=(project.id, names), width="stretch")
+
+st.subheader("Review order")
+current = project.strategy or strategies.DEFAULT_STRATEGY
+st.selectbox("Which item a clinician is asked next", list(strategies.STRATEGIES),
+             index=list(strategies.STRATEGIES).index(current)
+             if current in strategies.STRATEGIES else 0,
+             format_func=_strategy_label, key=f"strategy-{project.id}",
+             on_change=_set_strategy, args=(project.id,))
+st.caption(f"The default, {strategies.LABELS[strategies.DEFAULT_STRATEGY]!r}, was chosen by "
+           "`medloop bench al` (labels needed to reach 95 % of full-data Dice, against "
+           "random). Before the first task model the queue is ordered by the cold start on "
+           "the foundation model's image embeddings.")
+with store.session() as s:
+    scoring = active_job(s, project.id, "score")
+if scoring is not None:
+    st.caption(f"Score job #{scoring.id} is {scoring.status.value}"
+               + (f": {scoring.message}" if scoring.message else ""))
 
 with st.expander("Training settings"):
     with st.form(f"settings-{project.id}", border=False):

@@ -251,3 +251,20 @@ def test_a_failed_score_job_retried_by_the_worker_stays_the_one_queued(store, ti
     with store.session(immediate=True) as s:
         again = scores.queue_score(s, project.id, "test", "second")
     assert again.id == job_id and len(_score_jobs(store, project.id)) == 1
+
+
+def test_the_review_page_says_why_the_item_comes_now(sqlite_store):
+    from pipeline.demo import BRAIN_PROJECT, create_demo
+    from tests_helpers import signed_in_app
+
+    create_demo(sqlite_store)  # its queue ordered at setup by the quick cold start
+    at = signed_in_app(sqlite_store, "clinician", timeout=120)
+    at.run().switch_page("pages/review.py").run()
+    if at.selectbox(key="review_project").value is None:
+        at.selectbox(key="review_project").select(BRAIN_PROJECT).run()
+    assert not at.exception, at.exception
+    [sub] = [h for h in at.subheader if h.value.startswith("Item ")]
+    with sqlite_store.session() as s:
+        reason = scores.latest_reason(s, int(sub.value.split()[1]))
+    assert reason.startswith("typical of cluster 1 of ")
+    assert f"Why now: {reason}" in [c.value for c in at.caption]

@@ -110,7 +110,7 @@ def test_training_page_shows_champion_and_why_the_challenger_was_kept_out(
     assert j2["Dice lesion"] == pytest.approx(0.85) and j2["HD95 lesion (mm)"] == 4.25
     assert j2["train items"] == 40 and j2["parent"] == "task-unet-j1"
     assert table.set_index("version").loc["task-unet-j3", "decision"] == KEPT
-    assert len(at.get("vega_lite_chart")) == 1  # holdout Dice per version
+    assert len(at.get("vega_lite_chart")) == 2  # holdout Dice per version; learning curve
 
     # Settings: K through the form; the page says when it retrains next.
     at.number_input(key=f"setting-retrain_after_labels-{project.id}").set_value(5)
@@ -231,6 +231,10 @@ def test_jobs_page_shows_errors_and_cancels_and_retries(sqlite_store, registry_p
     assert claim_next(sqlite_store, "worker-1").id == failed_id
     finish(sqlite_store, failed_id, JobStatus.failed,
            error="the disk is full: free space under the data directory, then Retry")
+    # The fixture's promotions queued the project's score job (issue 10): it ran meanwhile.
+    scored = claim_next(sqlite_store, "worker-1")
+    assert scored.kind == "score"
+    finish(sqlite_store, scored.id, JobStatus.succeeded)
     with sqlite_store.session(immediate=True) as s:
         queued_id = enqueue(s, "train", "carl", project.id).id
         running_id = enqueue(s, "propose", "carl", project.id).id
