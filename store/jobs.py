@@ -23,8 +23,10 @@ LOG_TAIL_CHARS = 4000
 # Higher is claimed first. A person waits for an export (a curator's download) and for an
 # evaluation (the promotion after Retrain now); proposing for the whole pool and training
 # are long background work, and yield to these between items or epochs
-# (JobContext.yield_if_waiting). Kinds not named here: 0.
-PRIORITY = {"export": 20, "evaluate": 10, "propose": 0, "train": 0}
+# (JobContext.yield_if_waiting). A propagation (the FM following a slice a clinician just
+# validated through its volume) is above proposing: the clinician's next slice waits for it.
+# Kinds not named here: 0.
+PRIORITY = {"export": 20, "evaluate": 10, "propagate": 5, "propose": 0, "train": 0}
 
 
 def _log(job: Job, line: str, as_message: bool = True) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from pipeline.curation.export import export_dataset
 from pipeline.loop.context import JobContext
+from pipeline.loop.propagate import propagate
 from pipeline.loop.propose import refresh_proposals
 from pipeline.loop.train import run_evaluation, run_training
 from store.db import Store
@@ -49,3 +50,4 @@ handles("train")(run_training)
 handles("evaluate")(run_evaluation)
 handles("propose")(refresh_proposals)
 handles("export")(export_dataset)
+handles("propagate")(propagate)
