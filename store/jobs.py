@@ -24,10 +24,11 @@ LOG_TAIL_CHARS = 4000
 # Higher is claimed first. A person waits for an export (a curator's download) and for an
 # evaluation (the promotion after Retrain now); proposing for the whole pool and training
 # are long background work, and yield to these between items or epochs
-# (JobContext.yield_if_waiting). Ordering the review queue (`score`) comes before them: with a
-# task model it takes seconds, and the cold start's embeddings are the ones propose needs
-# anyway. Kinds not named here: 0.
-PRIORITY = {"export": 20, "evaluate": 10, "score": 5, "propose": 0, "train": 0}
+# (JobContext.yield_if_waiting). A propagation (the FM following a slice a clinician just
+# validated through its volume) comes next: the clinician's next slice waits for it. Ordering
+# the review queue (`score`) comes before the long work: with a task model it takes seconds,
+# and the cold start's embeddings are the ones propose needs anyway. Kinds not named here: 0.
+PRIORITY = {"export": 20, "propagate": 15, "evaluate": 10, "score": 5, "propose": 0, "train": 0}
 
 
 def _log(job: Job, line: str, as_message: bool = True) -> None:

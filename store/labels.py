@@ -44,22 +44,25 @@ def ground_truth(session: Session, item_id: int) -> Label | None:
 def record_proposal(
     session: Session, item_id: int, mask_blob: str, model_id: int, author: str,
     predicted_iou: float | None, actor: str, prompts: str,
-    prompt_model_id: int | None = None,
+    prompt_model_id: int | None = None, source_label_id: int | None = None,
 ) -> Label:
     """A model's proposal, on top of the item's current head, with its audit event.
 
     prompt_model_id: the model version whose coarse mask prompted the author model (the task
-    model behind an FM refinement), so both are credited.
+    model behind an FM refinement), so both are credited. source_label_id: for a proposal
+    propagated through a volume, the validated label it was followed from.
     """
     parent = head(session, item_id)
     label = Label(item_id=item_id, parent_id=parent.id if parent else None,
                   kind=LabelKind.proposal, mask_blob=mask_blob, author_model_id=model_id,
-                  prompt_model_id=prompt_model_id, author=author,
-                  predicted_iou=predicted_iou)
+                  prompt_model_id=prompt_model_id, source_label_id=source_label_id,
+                  author=author, predicted_iou=predicted_iou)
     session.add(label)
     session.flush()
     audit.record(session, actor, "label.propose", "label", label.id, item_id=item_id,
                  model=author, prompts=prompts, predicted_iou=predicted_iou,
                  **({"prompt_model_id": prompt_model_id} if prompt_model_id is not None
+                    else {}),
+                 **({"source_label_id": source_label_id} if source_label_id is not None
                     else {}))
     return label

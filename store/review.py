@@ -13,11 +13,12 @@ import numpy as np
 from sqlalchemy import and_, case, exists, func, or_
 from sqlmodel import Session, select
 
-from store import audit
+from store import audit, propagation
 from store.auth import require
 from store.db import Store
 from store.errors import InvalidInput, NotFound, StaleEdit
-from store.labels import head
+from store.jobs import enqueue
+from store.labels import REVIEW_KINDS, VALIDATED, head
 from store.models import Item, Label, LabelKind, Project, ReviewSkip, Role, Split, User, utcnow
 from store.retraining import maybe_retrain
 
@@ -39,15 +40,43 @@ def _open_queue(project_id: int, user_id: int, now):
     )
 
 
+def _last_validated(s: Session, user_id: int, project_id: int) -> tuple | None:
+    """(volume id, axis, slice index) of the slice this user validated last, if it is one."""
+    return s.exec(select(Item.volume_id, Item.axis, Item.slice_index)
+                  .join(Label, Label.item_id == Item.id)
+                  .where(Label.author_user_id == user_id, Label.kind.in_(VALIDATED),
+                         Item.project_id == project_id)
+                  .order_by(Label.id.desc()).limit(1)).first()
+
+
+def _head_is_propagated():
+    """The item's head (newest review label) is a propagated proposal."""
+    newest = (select(func.max(Label.id)).where(Label.item_id == Item.id,
+                                               Label.kind.in_(REVIEW_KINDS))
+              .correlate(Item).scalar_subquery())
+    return exists().where(Label.id == newest, Label.source_label_id.is_not(None))
+
+
 def lease_next(store: Store, user_id: int, project_id: int,
                lease: timedelta = LEASE) -> Item | None:
-    """The highest-priority open item, leased to this user (their current lease first)."""
+    """The next open item, leased to this user: their current lease first; then, when they
+    last validated a slice of a volume, the nearest slice of it whose head is a propagated
+    proposal (so they scroll through the structure); then the highest priority.
+
+    Two queries: the user's last validation (newest labels first, stops at the first), and
+    the queue itself (the lead's head check runs only on that volume's slices)."""
     now = utcnow()
     with store.session(immediate=True) as s:
         require(s, user_id, Role.clinician)
+        order = [case((Item.leased_by == user_id, 0), else_=1)]
+        last = _last_validated(s, user_id, project_id)
+        if last is not None and last[0] is not None and last[2] is not None:
+            volume_id, axis, here = last
+            lead = and_(Item.volume_id == volume_id, Item.axis == axis, _head_is_propagated())
+            order += [case((lead, 0), else_=1),
+                      case((lead, func.abs(Item.slice_index - here)), else_=0)]
         q = (select(Item).where(_open_queue(project_id, user_id, now))
-             .order_by(case((Item.leased_by == user_id, 0), else_=1), Item.priority.desc(),
-                       Item.id)
+             .order_by(*order, Item.priority.desc(), Item.id)
              .limit(1))
         if s.get_bind().dialect.name != "sqlite":
             q = q.with_for_update(skip_locked=True, of=Item)
@@ -82,7 +111,8 @@ def _check(s: Session, user_id: int, item_id: int, seen_head_id: int | None) -> 
     return user, item, current
 
 
-def _finish(s: Session, item: Item, label: Label, user: User, action: str, **details) -> Label:
+def _finish(s: Session, item: Item, label: Label, user: User, action: str,
+            propagate: bool = False, **details) -> Label:
     s.add(label)
     item.leased_by = None
     item.lease_expires_at = None
@@ -91,11 +121,18 @@ def _finish(s: Session, item: Item, label: Label, user: User, action: str, **det
     audit.record(s, user.name, action, "label", label.id, item_id=item.id, **details)
     if label.kind in (LabelKind.accepted, LabelKind.corrected) and item.split == Split.train:
         maybe_retrain(s, item.project_id, user.name)
+    if propagate and label.kind in VALIDATED and propagation.has_neighbours(s, item):
+        # The FM follows this slice's structures to the unreviewed slices around it.
+        enqueue(s, propagation.KIND, user.name, item.project_id, label_id=label.id,
+                volume_id=item.volume_id)
     return label
 
 
 def accept(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
-           seconds: float | None = None, interactions: int = 1) -> Label:
+           seconds: float | None = None, interactions: int = 1,
+           propagate: bool = True) -> Label:
+    """Accept the proposal as it is. propagate: for a slice of a volume, queue a propagate
+    job from it (simulated clinicians in benchmarks pass False: no extra jobs)."""
     with store.session(immediate=True) as s:
         user, item, current = _check(s, user_id, item_id, seen_head_id)
         if current is None or current.mask_blob is None:
@@ -104,7 +141,7 @@ def accept(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
         label = Label(item_id=item_id, parent_id=current.id, kind=LabelKind.accepted,
                       mask_blob=current.mask_blob, author_user_id=user.id, author=user.name,
                       dice_vs_parent=1.0, seconds_spent=seconds, interactions=interactions)
-        return _finish(s, item, label, user, "label.accept", parent=current.id)
+        return _finish(s, item, label, user, "label.accept", propagate, parent=current.id)
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,8 +160,10 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def correct(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
-            mask: np.ndarray, seconds: float | None = None, interactions: int = 0) -> Label:
-    """Save a clinician's corrected label map (rows, cols; 0 background)."""
+            mask: np.ndarray, seconds: float | None = None, interactions: int = 0,
+            propagate: bool = True) -> Label:
+    """Save a clinician's corrected label map (rows, cols; 0 background); propagate as for
+    accept."""
     mask = np.asarray(mask)
     with store.session(immediate=True) as s:
         user, item, current = _check(s, user_id, item_id, seen_head_id)
@@ -145,7 +184,7 @@ def correct(store: Store, user_id: int, item_id: int, seen_head_id: int | None,
                       kind=LabelKind.corrected, mask_blob=sha, author_user_id=user.id,
                       author=user.name, dice_vs_parent=mask_dice(parent_mask, mask),
                       seconds_spent=seconds, interactions=interactions)
-        return _finish(s, item, label, user, "label.correct",
+        return _finish(s, item, label, user, "label.correct", propagate,
                        parent=current.id if current else None)
 
 

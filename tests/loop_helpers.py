@@ -69,8 +69,9 @@ def validate_train(store: Store, project_id: int, clinician: int, n: int | None,
             continue
         if h is not None and h.kind != "proposal":
             continue
+        # a batch of ground truth saved as corrections: no propagation jobs
         review.correct(store, clinician, item_id, h.id if h else None,
-                       store.blobs.get_array(gt.mask_blob))
+                       store.blobs.get_array(gt.mask_blob), propagate=False)
         done.append(item_id)
     return done
 

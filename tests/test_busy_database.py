@@ -80,11 +80,13 @@ def test_sign_in_accept_and_correct_never_fail_while_a_worker_writes(store, radi
                     with store.session() as s:
                         head = labels.head(s, item.id)
                     if action == "accept":
-                        review.accept(store, user.id, item.id, head.id, seconds=1.0)
+                        review.accept(store, user.id, item.id, head.id, seconds=1.0,
+                                      propagate=False)
                     else:
                         mask = np.zeros(item.shape[:2], np.uint8)
                         mask[2:6, 2:6] = 1
-                        review.correct(store, user.id, item.id, head.id, mask, seconds=2.0)
+                        review.correct(store, user.id, item.id, head.id, mask, seconds=2.0,
+                                       propagate=False)
                     with lock:
                         done[action] += 1
                 with lock:

@@ -150,7 +150,7 @@ def test_a_curators_export_download_is_in_the_audit_log(sqlite_store):
         review.lease_next(sqlite_store, clinician, item.project_id)
         with sqlite_store.session() as s:
             head = labels.head(s, item.id)
-        review.accept(sqlite_store, clinician, item.id, head.id)
+        review.accept(sqlite_store, clinician, item.id, head.id, propagate=False)
     with sqlite_store.session(immediate=True) as s:
         queue_export(s, curator, brain_items(sqlite_store)[0].project_id)
     serve(sqlite_store, poll_s=0.05, once=True, kinds={"export"})  # not the demo's score jobs

@@ -124,7 +124,8 @@ def populate(store: Store, n_train: int, n_holdout: int, n_pool: int, size: int,
             else:
                 to_validate += zip(ids, masks, strict=True)
     for item_id, mask in to_validate:
-        review.correct(store, clinician, item_id, None, mask, seconds=1.0, interactions=1)
+        review.correct(store, clinician, item_id, None, mask, seconds=1.0, interactions=1,
+                       propagate=False)
     return Bench(store, project.id, clinician, curator, truth)
 
 
@@ -353,7 +354,7 @@ def review_latencies(b: Bench, n: int, condition: str) -> list[dict]:
                                "raise --pool")
         rows.append({"condition": condition, "i": i, "item": shown[0],
                      "lease_load_ms": load_s * 1000, "render_ms": total_s * 1000})
-        review.accept(b.store, b.clinician, shown[0], shown[1], seconds=1.0)
+        review.accept(b.store, b.clinician, shown[0], shown[1], seconds=1.0, propagate=False)
     return rows
 
 

@@ -308,7 +308,7 @@ def pool_project(store, n_items: int, volumes: dict[str, str] | None = None,
     for item_id, blob in truth.items():
         if item_id not in pool:
             review.correct(store, clinician, item_id, None, store.blobs.get_array(blob),
-                           seconds=1.0)
+                           seconds=1.0, propagate=False)
     return PoolProject(project.id, clinician, curator, pool)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pipeline.curation.export import export_dataset
 from pipeline.loop.context import JobContext
+from pipeline.loop.propagate import propagate
 from pipeline.loop.propose import refresh_proposals
 from pipeline.loop.score import score_pool
 from pipeline.loop.train import run_evaluation, run_training
@@ -50,3 +51,4 @@ handles("evaluate")(run_evaluation)
 handles("propose")(refresh_proposals)
 handles("export")(export_dataset)
 handles("score")(score_pool)
+handles("propagate")(propagate)
