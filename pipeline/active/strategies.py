@@ -476,32 +476,29 @@ def score(name: str, model: torch.nn.Module | None, pool: Pool, seed: int = 0,
     return s
 
 
+# name -> reason, formatted with the item's score (v) and its place in the queue (n, 1-based)
+REASONS: dict[str, str] = {
+    "random": "random draw",
+    "foreground_random": "random draw, each structure in turn",
+    "entropy": "high uncertainty (entropy {v:.2f})",
+    "entropy_foreground": "uncertain structure outline (entropy {v:.2f})",
+    "bald": "model disagrees with itself (BALD {v:.3f})",
+    "tta": "prediction changes under flips and shifts ({v:.3f})",
+    "coreset": "unlike the slices labelled so far (pick {n})",
+    "hybrid": "uncertain and unlike the others (pick {n})",
+    "fm_disagreement": "model and foundation model disagree (1 - Dice {v:.2f})",
+    "cold_start": "cold-start pick {n}",
+}
+
+
 def reason_for(name: str, value: float, position: int, cluster: int | None = None,
                clusters: int | None = None, near_empty: bool = False) -> str:
     """A short, clinician-readable reason for an item's place in the queue."""
-    if name == "random":
-        return "random draw"
-    if name == "foreground_random":
-        return "random draw, each structure in turn"
-    if name == "entropy":
-        return f"high uncertainty (entropy {value:.2f})"
-    if name == "entropy_foreground":
-        return f"uncertain structure outline (entropy {value:.2f})"
-    if name == "bald":
-        return f"model disagrees with itself (BALD {value:.3f})"
-    if name == "tta":
-        return f"prediction changes under flips and shifts ({value:.3f})"
-    if name == "coreset":
-        return f"unlike the slices labelled so far (pick {position + 1})"
-    if name == "hybrid":
-        return f"uncertain and unlike the others (pick {position + 1})"
-    if name == "fm_disagreement":
-        return f"model and foundation model disagree (1 - Dice {value:.2f})"
-    if near_empty:
+    if name == "cold_start" and near_empty:
         return "near-empty slice (background only), asked last"
-    if cluster is not None and clusters:
+    if name == "cold_start" and cluster is not None and clusters:
         return f"typical of cluster {cluster + 1} of {clusters}"
-    return f"cold-start pick {position + 1}"
+    return REASONS[name].format(v=value, n=position + 1)
 
 
 def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
