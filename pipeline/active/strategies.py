@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.imaging import dice
 from store.errors import InvalidInput
 
 STRATEGIES: tuple[str, ...] = (
@@ -366,11 +367,7 @@ def _dice_classes(a: np.ndarray, b: np.ndarray) -> float:
     classes = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     if not classes:
         return 1.0
-    ds = []
-    for c in classes:
-        x, y = a == c, b == c
-        ds.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
-    return float(np.mean(ds))
+    return float(np.mean([dice(a == c, b == c) for c in classes]))
 
 
 def _fm_disagreement(model, pool: Pool) -> np.ndarray:
