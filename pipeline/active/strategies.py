@@ -214,8 +214,10 @@ def k_centre(features: np.ndarray, k: int, centres: np.ndarray | None = None,
     if k <= 0:
         return np.zeros(0, int)
     if centres is not None and len(centres):
-        c = np.asarray(centres, np.float64)
-        dist = np.min(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        from sklearn.metrics import pairwise_distances_argmin_min
+
+        # chunked by scikit-learn: a pool x labelled-set distance matrix may not fit
+        dist = pairwise_distances_argmin_min(x, np.asarray(centres, np.float64))[1] ** 2
         first = int(np.argmax(dist))
     else:
         # No labelled set: start from the most typical point (nearest the mean).
@@ -341,7 +343,24 @@ def _coreset(model, pool: Pool) -> np.ndarray:
         feats, centres = both[:len(feats)], both[len(feats):]
     else:
         feats = _standardise(feats)
-    return _order_scores(k_centre(feats, len(pool), centres), len(pool))
+    return _order_scores(_k_centre_order(feats, centres), len(pool))
+
+
+KCENTRE_PICKS = 512  # beyond this many picks, the rest by distance (a rescore comes first)
+
+
+def _k_centre_order(feats: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
+    """All items: the first KCENTRE_PICKS by greedy k-centre, then the rest farthest
+    first from those picks and the centres (greedy k-centre over every item is O(N^2))."""
+    picks = k_centre(feats, min(len(feats), KCENTRE_PICKS), centres)
+    rest = np.setdiff1d(np.arange(len(feats)), picks)
+    if not len(rest):
+        return picks
+    from sklearn.metrics import pairwise_distances_argmin_min
+
+    ref = feats[picks] if centres is None else np.concatenate([feats[picks], centres])
+    far = pairwise_distances_argmin_min(feats[rest], ref)[1]
+    return np.concatenate([picks, rest[np.argsort(-far, kind="stable")]])
 
 
 HYBRID_CANDIDATES = 0.3  # share of the pool (by entropy) that k-centre then orders
@@ -506,7 +525,9 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
     Strategies that need batch diversity (coreset, hybrid, cold_start, foreground_random)
     carry it in their scores already; for the pure uncertainty scores, an item whose FM
     embedding is a near-copy (cosine > 0.99) of one already in the same batch of `batch`
-    is moved to the next batch, when the pool has embeddings."""
+    is moved to the next batch, when the pool has embeddings (over the first
+    SPREAD_BATCHES batches; the model is retrained and the pool rescored long before the
+    queue gets further)."""
     if name not in STRATEGIES:
         raise InvalidInput(f"unknown strategy {name!r}: pick one of {', '.join(STRATEGIES)}")
     s = np.asarray(scores, np.float64)
@@ -520,7 +541,10 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
     order = np.lexsort((tie, -s))
     if name in ("entropy", "entropy_foreground", "bald", "tta", "fm_disagreement") \
             and pool.embeddings is not None and len(order) > batch:
-        order = _spread_batches(order, np.asarray(pool.embeddings, np.float64), batch)
+        head = SPREAD_BATCHES * batch  # the queue's front: later batches are rescored first
+        order = np.concatenate([
+            _spread_batches(order[:head], np.asarray(pool.embeddings, np.float64), batch),
+            order[head:]])
     clusters, empty, k = None, None, None
     if name == "cold_start":
         _, clusters, empty = cold_start_clusters(pool, seed)
@@ -532,6 +556,9 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
             cluster=None if clusters is None or clusters[i] < 0 else int(clusters[i]),
             clusters=k, near_empty=bool(empty[i]) if empty is not None else False))
     return order, reasons
+
+
+SPREAD_BATCHES = 25
 
 
 def _spread_batches(order: np.ndarray, emb: np.ndarray, batch: int,
