@@ -140,6 +140,9 @@ def test_stop_rule_judges_each_figure():
     assert not StopRule(min_agreement=0.7).passes(step)
     assert not StopRule(min_pixels=17).passes(step)
     assert not StopRule(min_support=0.8).passes(step)
+    step.fm_agreement = 0.1  # the FM found little of the refined neighbour's mask
+    assert StopRule(min_fm_agreement=0.05).passes(step)
+    assert not StopRule(min_fm_agreement=0.2).passes(step)
     # the FM's predicted IoU judges the FM's mask only, not a refined neighbour's
     step.source = "neighbour"
     assert StopRule(min_iou=0.9).passes(step)

@@ -57,9 +57,12 @@ class StopRule:
     predicted IoU (mean over the class's components) is at least `min_iou` (judged only when
     the mask is the FM's: a refined neighbour's mask is not the FM's guess), its area is
     within [min_area_ratio, max_area_ratio] of the slice before, its Dice with the slice
-    before is at least `min_agreement`, and at least `min_support` of it looks like the
-    structure to the intensity model. DEFAULT_RULE (below) was chosen by
-    `medloop bench propagate --rules`; its comment gives the figures.
+    before is at least `min_agreement`, at least `min_support` of it looks like the
+    structure to the intensity model, and the FM's own mask agrees with the refined
+    neighbour's (Dice) at least `min_fm_agreement` (past a structure's end the FM, given the
+    neighbour as its prior, mostly finds nothing there, while the pixels may still pass).
+    DEFAULT_RULE (below) was chosen by `medloop bench propagate --rules`; its comment gives
+    the figures.
     """
 
     min_pixels: int = MIN_COMPONENT_PX
@@ -68,13 +71,15 @@ class StopRule:
     max_area_ratio: float = float("inf")
     min_agreement: float = 0.0
     min_support: float = 0.0
+    min_fm_agreement: float = 0.0
 
     def passes(self, step: Step) -> bool:
         return (step.area >= self.min_pixels
                 and (step.source != "fm" or step.iou >= self.min_iou)
                 and self.min_area_ratio <= step.area_ratio <= self.max_area_ratio
                 and step.agreement >= self.min_agreement
-                and step.support >= self.min_support)
+                and step.support >= self.min_support
+                and step.fm_agreement >= self.min_fm_agreement)
 
 
 NEVER_STOP = StopRule(min_pixels=1)  # until the mask is empty (the naive follow's rule)
@@ -97,6 +102,7 @@ class Step:
     kept: bool = True
     support: float = 1.0  # fraction of the mask the intensity model calls the structure
     source: str = "fm"  # "fm": the FM's mask; "neighbour": the refined slice before's
+    fm_agreement: float = 1.0  # Dice of the FM's mask with the refined one (1.0: not checked)
 
 
 @dataclass
@@ -254,7 +260,7 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
         t0 = time.perf_counter()
         model = models[value]
         pixels = np.asarray(image(nxt)) if model is not None else None
-        source, ious, support = "fm", [], 1.0
+        source, ious, support, fm_agreement = "fm", [], 1.0, 1.0
         if model is None:
             union, ious = _fm_union(fm, embed(nxt), parts, prior, recentre,
                                     per_component_agreement)
@@ -265,14 +271,16 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
             if use_fm and found:
                 fm_mask, fm_ious = _fm_union(fm, embed(nxt), found, prior, recentre,
                                              per_component_agreement)
-                if fm_mask.any() and dice(fm_mask, union) >= FM_AGREEMENT:
+                fm_agreement = dice(fm_mask, union) if fm_mask.any() else 0.0
+                if fm_agreement >= FM_AGREEMENT:
                     union, source = fm_mask, "fm"
                 ious = fm_ious
             support = model.support(pixels, union)
         area, before = int(union.sum()), max(1, int(prev_mask.sum()))
         step = Step(nxt, value, d, union, float(np.mean(ious)) if ious else 0.0, area,
                     area / before, dice(union, prev_mask), len(components(union)),
-                    time.perf_counter() - t0, support=support, source=source)
+                    time.perf_counter() - t0, support=support, source=source,
+                    fm_agreement=fm_agreement)
         step.kept = rule.passes(step)
         out.steps.append(step)
         if not step.kept:

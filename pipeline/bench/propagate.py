@@ -232,11 +232,12 @@ def summary(rows: list[dict], variant: str, seconds: float) -> list[dict]:
 
 
 RULE_GRID = {
-    "min_iou": (0.0, 0.5, 0.7, 0.8),
-    "min_area_ratio": (0.0, 0.2, 0.35, 0.5),
+    "min_iou": (0.0, 0.7),
+    "min_area_ratio": (0.0, 0.2, 0.35),
     "max_area_ratio": (float("inf"), 2.0),
-    "min_agreement": (0.0, 0.2, 0.4, 0.6),
-    "min_support": (0.0, 0.3, 0.5, 0.7, 0.9),
+    "min_agreement": (0.0, 0.2, 0.4),
+    "min_support": (0.0, 0.5, 0.9),
+    "min_fm_agreement": (0.0, 0.05, 0.2, 0.4),
 }
 
 
