@@ -3,13 +3,17 @@
 A simulated clinician validates the slice where the structure is largest (its reference
 mask), then the FM propagates it; every other slice is scored against the reference. Side
 by side: the naive follow (previous mask's box + 2 px, no stop), medloop's follow
-(`pipeline.active.propagate`) under its default stop rule, and the upper bound of a
-reference box drawn on every slice (one per component). With `--rules`, stop rules are
-compared on the same runs (a stricter rule only ends each class's walk earlier, so one
-permissive run per case scores every rule exactly).
+(`pipeline.active.propagate`) under its default stop rule (and two ablations: the refined
+neighbour alone, the FM alone without the pixels check), and the upper bound of a reference
+box drawn on every slice (one per component). Printed: a table per slice (Dice, accepted as
+is = Dice >= 0.9, seconds) and a summary line per structure and variant (slices of the
+structure covered, mean Dice, accepted-as-is share, false slices beyond each end, seconds).
+Written: propagate.csv (summary), propagate-slices.csv, propagate.png (Dice per slice).
+With `--rules`, stop rules are compared on the same runs (a stricter rule only ends each
+class's walk earlier, so one permissive run per case scores every rule exactly).
 
     medloop bench propagate [IMAGE MASK [--modality CT] [--classes 1,2]] [--rules]
-                            [--out-dir bench-results] [--quick]
+                            [--out-dir bench-results] [--cache DIR] [--quick]
 
 With no IMAGE, the shared radiomics cases (brain1, brain2, breast1, lung1) and the demo's
 MNI152 volume are used.
@@ -83,6 +87,33 @@ def phantom_volume(slices: int = 9, size: int = 64) -> Volume:
     return Volume("phantom", image.astype(np.float32), lesion.astype(np.uint8), "MR", (1,))
 
 
+def load_volume(parser: argparse.ArgumentParser, image_path: Path, mask_path: Path,
+                modality: str, classes: str | None) -> Volume:
+    """A volume and its reference mask from NIfTI files, as axial slices; clear errors for
+    a missing file, shapes that differ or classes the mask does not hold."""
+    from pipeline.ingest.readers import read_nifti
+
+    for path in (image_path, mask_path):
+        if not path.is_file():
+            parser.error(f"{path}: no such file")
+    image = axial_slices(read_nifti(image_path).array)
+    label = np.rint(axial_slices(read_nifti(mask_path).array)).astype(np.int32)
+    if image.shape != label.shape:
+        parser.error(f"the image {image.shape} and the mask {label.shape} differ in shape")
+    present = tuple(int(v) for v in np.unique(label) if v)
+    if not present:
+        parser.error(f"{mask_path}: the mask is empty")
+    try:
+        wanted = tuple(int(c) for c in classes.split(",")) if classes else present
+    except ValueError:
+        parser.error(f"--classes {classes!r}: give class values such as 1,2")
+    missing = sorted(set(wanted) - set(present))
+    if missing:
+        parser.error(f"--classes: the mask holds no pixel of class {missing} "
+                     f"(it holds {list(present)})")
+    return Volume(image_path.name, image.astype(np.float32), label, modality, wanted)
+
+
 class Embeddings:
     """Each slice embedded once, shared by every variant of a volume; with `cache_dir`, kept
     on disk between runs (keyed by FM version, volume, modality and slice)."""
@@ -124,9 +155,12 @@ def bound(fm: FoundationModel, embed: Embeddings, volume: Volume, start: int) ->
             parts = components(volume.label[k] == value, min_pixels=1)
             if not parts:
                 continue
+            t0 = time.perf_counter()
             seg = fm.segment(embed(k), boxes=np.stack([box_of(p) for p in parts]))
             union = seg.masks.any(0)
             target[union & (target == 0)] = value
+            out.steps.append(Step(k, value, 0, union, float(seg.iou.mean()), int(union.sum()),
+                                  1.0, 1.0, len(parts), time.perf_counter() - t0))
         out.proposals[k] = target
     return out
 
@@ -147,8 +181,14 @@ def truncated(steps: list[Step], rule: StopRule, shape, dtype) -> dict[int, np.n
     return proposals
 
 
-def score(volume: Volume, start: int, proposals: dict[int, np.ndarray]) -> list[dict]:
-    """Per class and slice (the validated one excepted): Dice against the reference."""
+def score(volume: Volume, start: int, proposals: dict[int, np.ndarray],
+          steps: list[Step] = ()) -> list[dict]:
+    """Per class and slice (the validated one excepted): Dice against the reference, and
+    the seconds the variant spent on that class there (`steps`)."""
+    spent: dict[tuple[int, int], float] = {}
+    for st in steps:
+        spent[(st.class_value, st.slice_index)] = \
+            spent.get((st.class_value, st.slice_index), 0.0) + st.seconds
     rows = []
     for value in volume.classes:
         present = [k for k in range(len(volume.label)) if (volume.label[k] == value).any()]
@@ -166,7 +206,9 @@ def score(volume: Volume, start: int, proposals: dict[int, np.ndarray]) -> list[
             rows.append({"volume": volume.name, "class": value, "slice": k,
                          "in_structure": bool(truth.any()), "proposed": bool(got.any()),
                          "dice": dice(got, truth) if truth.any() else 0.0,
-                         "beyond": ("below" if k < first else "above" if k > last else "")})
+                         "accepted": bool(truth.any() and dice(got, truth) >= ACCEPT_DICE),
+                         "beyond": ("below" if k < first else "above" if k > last else ""),
+                         "seconds": round(spent.get((value, k), 0.0), 3)})
     return rows
 
 
@@ -190,10 +232,12 @@ def summary(rows: list[dict], variant: str, seconds: float) -> list[dict]:
 
 
 RULE_GRID = {
-    "min_iou": (0.0, 0.5, 0.6, 0.7, 0.8),
-    "min_area_ratio": (0.0, 0.2, 0.35, 0.5),
-    "max_area_ratio": (float("inf"), 3.0, 2.0),
-    "min_agreement": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6),
+    "min_iou": (0.0, 0.7),
+    "min_area_ratio": (0.0, 0.2, 0.35),
+    "max_area_ratio": (float("inf"), 2.0),
+    "min_agreement": (0.0, 0.2, 0.4),
+    "min_support": (0.0, 0.5, 0.9),
+    "min_fm_agreement": (0.0, 0.05, 0.2, 0.4),
 }
 
 
@@ -229,21 +273,20 @@ def compare_rules(runs: list[tuple[Volume, int, Propagation]]) -> pd.DataFrame:
     return pd.DataFrame(table).sort_values("cost per structure slice")
 
 
-VARIANTS = ("box on every slice", "naive follow", "medloop", "medloop, no prior",
-            "medloop, no re-centring", "medloop, box only")
+VARIANTS = ("box on every slice", "naive follow", "medloop", "medloop, neighbour only",
+            "medloop, FM only")
 
 
 def _variant(name: str, fm: FoundationModel, embed: Embeddings, volume: Volume,
-             start: int) -> Propagation:
+             start: int, rule: StopRule | None = None) -> Propagation:
     n, validated = len(volume.label), volume.label[start]
     if name == "box on every slice":
         return bound(fm, embed, volume, start)
     if name == "naive follow":
         return naive_follow(fm, embed, n, start, validated, volume.classes)
-    prior, recentre = "no prior" not in name and "box only" not in name, \
-        "no re-centring" not in name and "box only" not in name
-    return follow(fm, embed, n, start, validated, volume.classes, prior=prior,
-                  recentre=recentre)
+    pixels = None if name == "medloop, FM only" else volume.image.__getitem__
+    return follow(fm, embed, n, start, validated, volume.classes, rule=rule, image=pixels,
+                  use_fm=name != "medloop, neighbour only")
 
 
 def run(volumes: list[Volume], fm: FoundationModel, rules: bool,
@@ -251,22 +294,61 @@ def run(volumes: list[Volume], fm: FoundationModel, rules: bool,
     per_slice, summaries, permissive = [], [], []
     for volume in tqdm(volumes, desc="volumes", unit="volume"):
         embed = Embeddings(fm, volume, cache_dir)
+        for k in tqdm(range(len(volume.image)), desc=f"embedding {volume.name}", unit="slice",
+                      leave=False):
+            embed(k)  # up front, so the variants' seconds are the prompting alone
         start = seed_slice(volume)
-        validated = volume.label[start]
         for name in VARIANTS:
-            before, t0 = embed.seconds, time.perf_counter()
+            t0 = time.perf_counter()
             result = _variant(name, fm, embed, volume, start)
-            seconds = time.perf_counter() - t0 - (embed.seconds - before)  # decoding only
-            rows = score(volume, start, result.proposals)
+            seconds = time.perf_counter() - t0
+            rows = score(volume, start, result.proposals, result.steps)
             per_slice += [{**r, "variant": name} for r in rows]
-            summaries += summary(rows, name, seconds)
+            summaries += [{**r, "embedding seconds": round(embed.seconds, 1)}
+                          for r in summary(rows, name, seconds)]
         if rules:
-            permissive.append((volume, start, follow(fm, embed, len(volume.label), start,
-                                                     validated, volume.classes,
-                                                     rule=NEVER_STOP)))
-        summaries[-1]["embedding seconds"] = round(embed.seconds, 1)
+            permissive.append((volume, start, _variant("medloop", fm, embed, volume, start,
+                                                       rule=NEVER_STOP)))
     rule_table = compare_rules(permissive) if rules else pd.DataFrame()
     return pd.DataFrame(per_slice), pd.DataFrame(summaries), rule_table
+
+
+def print_slices(per_slice: pd.DataFrame) -> None:
+    """Per structure, one line per slice: Dice per variant, and medloop's accepted-as-is
+    and seconds."""
+    for (volume, value), g in per_slice.groupby(["volume", "class"], sort=False):
+        dice_by = g.pivot_table(index="slice", columns="variant", values="dice",
+                                sort=False)[[v for v in VARIANTS if v in set(g["variant"])]]
+        ours = g[g["variant"] == "medloop"].set_index("slice")
+        table = dice_by.round(3)
+        table.insert(0, "in structure", g.groupby("slice")["in_structure"].first())
+        table["medloop accepted"] = ours["accepted"].reindex(table.index).fillna(False)
+        table["medloop seconds"] = ours["seconds"].reindex(table.index).fillna(0.0)
+        print(f"\n{volume}, class {value}: Dice per slice")
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def plot_slices(per_slice: pd.DataFrame, path: Path) -> None:
+    """Dice per slice, one panel per structure, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(per_slice.groupby(["volume", "class"], sort=False))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 2.4 * len(groups)), squeeze=False)
+    for ax, ((volume, value), g) in zip(axes[:, 0], groups, strict=True):
+        for name, v in g.groupby("variant", sort=False):
+            v = v.sort_values("slice")
+            ax.plot(v["slice"], v["dice"], marker=".", label=name)
+        ax.set_title(f"{volume}, class {value}", fontsize=9)
+        ax.set_ylabel("Dice")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0, 0].legend(fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel("slice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,25 +372,23 @@ def main(argv: list[str] | None = None) -> int:
     elif args.image:
         if args.mask is None:
             p.error("give the reference MASK after IMAGE")
-        from pipeline.ingest.readers import read_nifti
-
-        image = axial_slices(read_nifti(args.image).array)
-        label = np.rint(axial_slices(read_nifti(args.mask).array)).astype(np.int32)
-        classes = (tuple(int(c) for c in args.classes.split(",")) if args.classes
-                   else tuple(int(v) for v in np.unique(label) if v))
-        volumes = [Volume(args.image.name, image, label, args.modality, classes)]
+        volumes = [load_volume(p, args.image, args.mask, args.modality, args.classes)]
     else:
         volumes = shared_volumes()
     per_slice, table, rules = run(volumes, load_foundation_model(), args.rules, args.cache)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     per_slice.to_csv(args.out_dir / "propagate-slices.csv", index=False)
     table.to_csv(args.out_dir / "propagate.csv", index=False)
-    pd.set_option("display.width", 200)
+    plot_slices(per_slice, args.out_dir / "propagate.png")
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_rows", 500)
+    print_slices(per_slice)
+    print("\nsummary per structure and variant (seconds: prompting, embeddings apart)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if len(rules):
         rules.to_csv(args.out_dir / "propagate-rules.csv", index=False)
         print("\nstop rules (best first):")
         print(rules.head(15).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwritten under {args.out_dir}/ (propagate.csv, propagate-slices.csv"
+    print(f"\nwritten under {args.out_dir}/ (propagate.csv, propagate-slices.csv, propagate.png"
           + (", propagate-rules.csv)" if len(rules) else ")"))
     return 0
