@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
+from pipeline import review_view as rv
 from pipeline.bench.propagate import phantom_volume, seed_slice
 from pipeline.fm import load_foundation_model
 from pipeline.ingest.importer import ingest
@@ -94,8 +95,15 @@ def test_a_validation_queues_a_propagation_that_proposes_the_neighbours(store, t
     assert [(j.payload["label_id"], j.priority) for j in jobs] == [
         (source.id, PRIORITY["propagate"])]
     assert PRIORITY["propagate"] > PRIORITY["propose"]
+    # The clinician goes on at once: the queue gives them a neighbour, bare for now; the
+    # page would wait for its proposal, and the job writes it although they hold it.
+    nxt = review.lease_next(store, clin, project_id)
+    assert abs(nxt.slice_index - start) == 1
+    assert rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05) is None  # job queued
 
     assert _run_queued(store) == [JobStatus.succeeded]
+    head = rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05)
+    assert head is not None and head.source_label_id == source.id
     with store.session() as s:
         job = s.get(Job, jobs[0].id)
         fm_version = s.exec(select(ModelVersion).where(ModelVersion.family == "fm")).one()
@@ -114,9 +122,11 @@ def test_a_validation_queues_a_propagation_that_proposes_the_neighbours(store, t
     # written nearest first: both neighbours before anything farther
     order = [slice_of[lb.item_id] for lb in written]
     assert set(order[:2]) == {start - 1, start + 1}
-    with store.session() as s:
-        line = propagation.provenance(s, labels.head(s, by_slice[start + 1].id)).line()
+    line = rv.proposal_provenance(store, head)
     assert line == f"Propagated by {fm.version} from slice {start} (validated by clara)"
+    with store.session() as s:
+        assert not propagation.pending(s, nxt)
+        assert rv.proposal_provenance(store, labels.ground_truth(s, nxt.id)) is None
 
 
 def test_a_reviewed_or_leased_slice_is_never_replaced(store, tmp_path, fm):
