@@ -61,8 +61,10 @@ def _open_next(project: Project) -> dict | None:
     item = review.lease_next(store, user["id"], project.id)
     if item is None:
         return None
-    with store.session() as s:
-        head = labels.head(s, item.id)
+    # The neighbour of the slice just validated: its propagated proposal is seconds away.
+    with st.spinner("The foundation model is proposing this slice from the one you "
+                    "validated…"):
+        head = rv.head_when_ready(store, item)
     return {"project_id": project.id, "item": item, "head": head,
             "seen_head_id": head.id if head else None, "base": None, "base_is_edit": False,
             "opened_at": time.time(), "interactions": 0, "seen_objects": 0, "rev": 0,
@@ -332,6 +334,9 @@ with side:
                 prompt = s.get(ModelVersion, head.prompt_model_id)
             by = f"`{prompt.name if prompt else '?'}` refined by `{head.author}`"
         st.markdown(f"**Proposal** by {by} · predicted IoU **{iou}**")
+        provenance = rv.proposal_provenance(store, head)
+        if provenance:
+            st.caption(f"↕ {provenance}")
     else:
         st.info("No proposal for this item yet: draw the mask (Correct) or reject it.")
     if fm is None:

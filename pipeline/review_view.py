@@ -1,10 +1,12 @@
 """What the review screen shows and how a drawing becomes an edit: display windows,
 class-coloured mask overlays, the screen <-> image pixel mapping, and canvas drawings
-(boxes, clicks, brush and eraser strokes) turned into a label map. Pure numpy / PIL."""
+(boxes, clicks, brush and eraser strokes) turned into a label map (pure numpy / PIL); and
+the proposal to show: the item's head, with where a propagated one came from."""
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +15,9 @@ from PIL import Image, ImageDraw
 
 from pipeline.fm.preprocess import CT_WINDOWS
 from pipeline.imaging import to_display
+from store import labels, propagation
+from store.db import Store
+from store.models import Item, Label
 
 DISPLAY_PX = 512  # the long side of the image on screen
 CONTEXT_PX = 150  # prev / next slice thumbnails
@@ -394,3 +399,32 @@ def rounded_key(box: Sequence[float], points: Sequence[Sequence[float]],
     return (tuple(round(float(v), 2) for v in box),
             tuple((round(float(x), 2), round(float(y), 2)) for x, y in points),
             tuple(int(v) for v in labels))
+
+
+# --------------------------------------------------------------------------- the proposal
+
+# The page waits this long for a propagation on its way to the slice it opens (the
+# neighbour of the one just validated) rather than showing "no proposal".
+PROPAGATION_WAIT_S = 10.0
+PROPAGATION_POLL_S = 0.25
+
+
+def head_when_ready(store: Store, item: Item, wait_s: float = PROPAGATION_WAIT_S,
+                    poll_s: float = PROPAGATION_POLL_S) -> Label | None:
+    """The item's head; when it has none while a propagation of its volume is queued or
+    running, polls until a proposal lands, that job ends, or `wait_s` passes."""
+    end = time.monotonic() + wait_s
+    while True:
+        with store.session() as s:
+            head = labels.head(s, item.id)
+            waiting = head is None and propagation.pending(s, item)
+        if not waiting or time.monotonic() >= end:
+            return head
+        time.sleep(poll_s)
+
+
+def proposal_provenance(store: Store, head: Label | None) -> str | None:
+    """"Propagated by <FM> from slice k (validated by <user>)" for a propagated proposal."""
+    with store.session() as s:
+        found = propagation.provenance(s, head)
+    return found.line() if found is not None else None

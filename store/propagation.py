@@ -3,7 +3,9 @@
 A `propagate` job follows a validated slice's structures through its volume with the FM
 (pipeline/loop/propagate.py). What it proposes lands on a slice only when
 - the slice has no review decision (accepted, corrected, rejected),
-- nobody holds a live lease on it (a clinician's screen stays valid),
+- nobody holds a live lease on it (a clinician's screen stays valid), except the clinician
+  who validated the source on a slice with nothing on it yet: the next slice they opened,
+  whose page waits for this very proposal,
 - its head is not a human's label and not a propagated proposal from a source at least as
   near (a nearer validation re-propagates and replaces what came from farther away; an
   equally near one leaves it, so two runs over the same volume write each slice once).
@@ -57,15 +59,17 @@ def _source_slice(session: Session, label: Label) -> int | None:
 
 
 def verdict(session: Session, item: Item, head: Label | None, distance: int,
-            reviewed: bool | None = None) -> Verdict:
-    """May a proposal propagated from `distance` slices away be written on `item` now?"""
+            reviewed: bool | None = None, validator: int | None = None) -> Verdict:
+    """May a proposal propagated from `distance` slices away (validated by user
+    `validator`) be written on `item` now?"""
     if reviewed is None:
         reviewed = session.exec(select(Label.id).where(
             Label.item_id == item.id, Label.kind.in_(DONE_KINDS)).limit(1)).first() is not None
     if reviewed:
         return Verdict(False, "reviewed")
     if item.leased_by is not None and item.lease_expires_at is not None \
-            and item.lease_expires_at > utcnow():
+            and item.lease_expires_at > utcnow() \
+            and not (head is None and item.leased_by == validator):
         return Verdict(False, "leased")
     if head is None:
         return Verdict(True, "free")
@@ -79,9 +83,10 @@ def verdict(session: Session, item: Item, head: Label | None, distance: int,
     return Verdict(True, "free")
 
 
-def writable_slices(session: Session, slices: list[Item], start: int) -> dict[int, Verdict]:
+def writable_slices(session: Session, slices: list[Item], start: int,
+                    validator: int | None = None) -> dict[int, Verdict]:
     """verdict() for every slice of a volume (by position in `slices`) as seen from slice
-    position `start`, in three queries (heads, reviewed items, source slices)."""
+    position `start`, in a few queries (heads, reviewed items, a source slice per head)."""
     ids = [i.id for i in slices]
     heads = {item.id: h for item, h in labels.heads(session, Item.id.in_(ids))}
     reviewed = set(session.exec(select(Label.item_id).where(
@@ -92,7 +97,8 @@ def writable_slices(session: Session, slices: list[Item], start: int) -> dict[in
         if k == start:
             continue
         out[k] = verdict(session, item, heads.get(item.id),
-                         abs(item.slice_index - here), reviewed=item.id in reviewed)
+                         abs(item.slice_index - here), reviewed=item.id in reviewed,
+                         validator=validator)
     return out
 
 
@@ -107,7 +113,7 @@ def record_propagated(session: Session, item_id: int, mask_blob: str, fm_model_i
         return None  # deleted meanwhile
     head = labels.head(session, item_id)
     distance = abs((item.slice_index or 0) - (src_item.slice_index or 0))
-    if not verdict(session, item, head, distance).writable:
+    if not verdict(session, item, head, distance, validator=source.author_user_id).writable:
         return None
     if head is not None and head.mask_blob == mask_blob \
             and head.source_label_id == source.id:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
+from pipeline import review_view as rv
 from pipeline.bench.propagate import phantom_volume, seed_slice
 from pipeline.fm import load_foundation_model
 from pipeline.ingest.importer import ingest
@@ -29,7 +30,7 @@ def fm():
     return load_foundation_model()
 
 
-def _volume_project(store, tmp_path):
+def phantom_volume_project(store, tmp_path):
     """A 7-slice 64x64 phantom volume (a lesion over the middle slices) ingested for real;
     (project id, clinician id, items by slice index, reference masks by slice index)."""
     volume = phantom_volume(slices=SLICES, size=64)
@@ -88,14 +89,21 @@ def _dice(a, b):
 
 
 def test_a_validation_queues_a_propagation_that_proposes_the_neighbours(store, tmp_path, fm):
-    project_id, clin, _, by_slice, truth, start = _volume_project(store, tmp_path)
+    project_id, clin, _, by_slice, truth, start = phantom_volume_project(store, tmp_path)
     source = _validate(store, clin, by_slice[start].id, truth[start])
     jobs = _propagate_jobs(store)
     assert [(j.payload["label_id"], j.priority) for j in jobs] == [
         (source.id, PRIORITY["propagate"])]
     assert PRIORITY["propagate"] > PRIORITY["propose"]
+    # The clinician goes on at once: the queue gives them a neighbour, bare for now; the
+    # page would wait for its proposal, and the job writes it although they hold it.
+    nxt = review.lease_next(store, clin, project_id)
+    assert abs(nxt.slice_index - start) == 1
+    assert rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05) is None  # job queued
 
     assert _run_queued(store) == [JobStatus.succeeded]
+    head = rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05)
+    assert head is not None and head.source_label_id == source.id
     with store.session() as s:
         job = s.get(Job, jobs[0].id)
         fm_version = s.exec(select(ModelVersion).where(ModelVersion.family == "fm")).one()
@@ -114,13 +122,15 @@ def test_a_validation_queues_a_propagation_that_proposes_the_neighbours(store, t
     # written nearest first: both neighbours before anything farther
     order = [slice_of[lb.item_id] for lb in written]
     assert set(order[:2]) == {start - 1, start + 1}
-    with store.session() as s:
-        line = propagation.provenance(s, labels.head(s, by_slice[start + 1].id)).line()
+    line = rv.proposal_provenance(store, head)
     assert line == f"Propagated by {fm.version} from slice {start} (validated by clara)"
+    with store.session() as s:
+        assert not propagation.pending(s, nxt)
+        assert rv.proposal_provenance(store, labels.ground_truth(s, nxt.id)) is None
 
 
 def test_a_reviewed_or_leased_slice_is_never_replaced(store, tmp_path, fm):
-    project_id, clin, other, by_slice, truth, start = _volume_project(store, tmp_path)
+    project_id, clin, other, by_slice, truth, start = phantom_volume_project(store, tmp_path)
     below, above = by_slice[start - 1], by_slice[start + 1]
     review.reject(store, clin, below.id, None, "ambiguous")  # a reviewed neighbour
     with store.session(immediate=True) as s:  # another clinician holds the slice above
@@ -142,7 +152,7 @@ def test_a_reviewed_or_leased_slice_is_never_replaced(store, tmp_path, fm):
 
 
 def test_two_propagations_of_the_same_volume_write_no_duplicates(store, tmp_path, fm):
-    project_id, clin, _, by_slice, truth, start = _volume_project(store, tmp_path)
+    project_id, clin, _, by_slice, truth, start = phantom_volume_project(store, tmp_path)
     source = _validate(store, clin, by_slice[start].id, truth[start])
     job = _propagate_jobs(store)[0]
     with store.session(immediate=True) as s:  # a second job for the same validation
@@ -170,7 +180,7 @@ def test_two_propagations_of_the_same_volume_write_no_duplicates(store, tmp_path
 
 
 def test_a_nearer_validation_re_propagates_and_the_queue_leads_through(store, tmp_path, fm):
-    project_id, clin, _, by_slice, truth, start = _volume_project(store, tmp_path)
+    project_id, clin, _, by_slice, truth, start = phantom_volume_project(store, tmp_path)
     a, b = start - 1, start + 1  # two lesion slices; `start` lies between them
     first = _validate(store, clin, by_slice[a].id, truth[a])
     _run_queued(store)
@@ -199,6 +209,6 @@ def test_a_nearer_validation_re_propagates_and_the_queue_leads_through(store, tm
 
 
 def test_a_slice_without_a_volume_queues_nothing_and_accept_can_opt_out(store, tmp_path, fm):
-    project_id, clin, _, by_slice, truth, start = _volume_project(store, tmp_path)
+    project_id, clin, _, by_slice, truth, start = phantom_volume_project(store, tmp_path)
     _validate(store, clin, by_slice[start].id, truth[start], propagate=False)
     assert _propagate_jobs(store) == []

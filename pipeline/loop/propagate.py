@@ -45,7 +45,8 @@ class _Walk:
     def may_write(self) -> dict[int, bool]:
         with self.store.session() as s:
             return {k: v.writable for k, v in
-                    propagation.writable_slices(s, self.slices, self.start).items()}
+                    propagation.writable_slices(s, self.slices, self.start,
+                                                self.source.author_user_id).items()}
 
     def window(self, writable: dict[int, bool]) -> tuple[int, int]:
         """(lo, hi): positions from the farthest writable slice below to the one above."""
