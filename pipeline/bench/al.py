@@ -409,9 +409,9 @@ def plot(curves: pd.DataFrame, full: dict[str, dict[int, float]], path: Path) ->
             st = h.groupby("labelled")["dice"].agg(["mean", "std"]).fillna(0.0)
             style = dict(lw=2.5, color="black") if name == "random" else \
                 dict(lw=2.5, color="grey", ls="--") if name == "foreground_random" else {}
-            ax.plot(st.index, st["mean"], marker="o", ms=3, label=name, **style)
-            ax.fill_between(st.index, st["mean"] - st["std"], st["mean"] + st["std"], alpha=0.1,
-                            color=style.get("color"))
+            (line,) = ax.plot(st.index, st["mean"], marker="o", ms=3, label=name, **style)
+            ax.fill_between(st.index, st["mean"] - st["std"], st["mean"] + st["std"], alpha=0.08,
+                            color=line.get_color())
         f = float(np.mean(list(full[ds].values())))
         ax.axhline(f, color="k", lw=0.8, ls=":", label=f"full data ({f:.3f})")
         ax.axhline(TARGET * f, color="r", lw=0.8, ls=":", label=f"95% of full ({TARGET * f:.3f})")
