@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from pipeline.demo import BRAIN_PROJECT
 from review_helpers import TEST_FM, brain_items, demo_with_proposals
 from store import labels
-from store.models import AuditEvent, Label, LabelKind, ReviewSkip, User
+from store.models import AuditEvent, Job, Label, LabelKind, ReviewSkip, User
 from store.registry import ensure_model_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,10 @@ def test_accept_reject_skip_each_write_the_store_and_show_the_next_item(sqlite_s
         assert s.exec(select(ReviewSkip).where(ReviewSkip.item_id == items[2])).one()
         actions = [e.action for e in s.exec(select(AuditEvent).where(
             AuditEvent.actor == "clinician").order_by(AuditEvent.id)).all()]
-    assert actions[-3:] == ["label.accept", "label.reject", "item.skip"]
+        # the accept of a volume slice queued its propagation (issue 10); nothing else did
+        jobs = [(j.kind, j.payload["label_id"]) for j in s.exec(select(Job)).all()]
+    assert actions[-4:] == ["label.accept", "job.enqueue", "label.reject", "item.skip"]
+    assert jobs == [("propagate", accepted.id)]
     assert _shown_item(at) == items[3]
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Done today"], metrics["Accept rate"]) == ("2", "50%")
