@@ -219,6 +219,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench.promotion import main as bench_main
     elif args.what == "propagate":
         from pipeline.bench.propagate import main as bench_main
+    elif args.what == "al":
+        from pipeline.bench.al import main as bench_main
     return bench_main(args.rest)
 
 
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: print a table, write CSV")
     bench.add_argument("what", choices=["ingest", "fm", "review", "loop", "propose", "propagate",
-                                          "promotion"])
+                                          "promotion", "al"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
     return p

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.imaging import dice
 from store.errors import InvalidInput
 
 STRATEGIES: tuple[str, ...] = (
@@ -213,8 +214,10 @@ def k_centre(features: np.ndarray, k: int, centres: np.ndarray | None = None,
     if k <= 0:
         return np.zeros(0, int)
     if centres is not None and len(centres):
-        c = np.asarray(centres, np.float64)
-        dist = np.min(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        from sklearn.metrics import pairwise_distances_argmin_min
+
+        # chunked by scikit-learn: a pool x labelled-set distance matrix may not fit
+        dist = pairwise_distances_argmin_min(x, np.asarray(centres, np.float64))[1] ** 2
         first = int(np.argmax(dist))
     else:
         # No labelled set: start from the most typical point (nearest the mean).
@@ -340,7 +343,24 @@ def _coreset(model, pool: Pool) -> np.ndarray:
         feats, centres = both[:len(feats)], both[len(feats):]
     else:
         feats = _standardise(feats)
-    return _order_scores(k_centre(feats, len(pool), centres), len(pool))
+    return _order_scores(_k_centre_order(feats, centres), len(pool))
+
+
+KCENTRE_PICKS = 512  # beyond this many picks, the rest by distance (a rescore comes first)
+
+
+def _k_centre_order(feats: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
+    """All items: the first KCENTRE_PICKS by greedy k-centre, then the rest farthest
+    first from those picks and the centres (greedy k-centre over every item is O(N^2))."""
+    picks = k_centre(feats, min(len(feats), KCENTRE_PICKS), centres)
+    rest = np.setdiff1d(np.arange(len(feats)), picks)
+    if not len(rest):
+        return picks
+    from sklearn.metrics import pairwise_distances_argmin_min
+
+    ref = feats[picks] if centres is None else np.concatenate([feats[picks], centres])
+    far = pairwise_distances_argmin_min(feats[rest], ref)[1]
+    return np.concatenate([picks, rest[np.argsort(-far, kind="stable")]])
 
 
 HYBRID_CANDIDATES = 0.3  # share of the pool (by entropy) that k-centre then orders
@@ -366,11 +386,7 @@ def _dice_classes(a: np.ndarray, b: np.ndarray) -> float:
     classes = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     if not classes:
         return 1.0
-    ds = []
-    for c in classes:
-        x, y = a == c, b == c
-        ds.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
-    return float(np.mean(ds))
+    return float(np.mean([dice(a == c, b == c) for c in classes]))
 
 
 def _fm_disagreement(model, pool: Pool) -> np.ndarray:
@@ -476,32 +492,29 @@ def score(name: str, model: torch.nn.Module | None, pool: Pool, seed: int = 0,
     return s
 
 
+# name -> reason, formatted with the item's score (v) and its place in the queue (n, 1-based)
+REASONS: dict[str, str] = {
+    "random": "random draw",
+    "foreground_random": "random draw, each structure in turn",
+    "entropy": "high uncertainty (entropy {v:.2f})",
+    "entropy_foreground": "uncertain structure outline (entropy {v:.2f})",
+    "bald": "model disagrees with itself (BALD {v:.3f})",
+    "tta": "prediction changes under flips and shifts ({v:.3f})",
+    "coreset": "unlike the slices labelled so far (pick {n})",
+    "hybrid": "uncertain and unlike the others (pick {n})",
+    "fm_disagreement": "model and foundation model disagree (1 - Dice {v:.2f})",
+    "cold_start": "cold-start pick {n}",
+}
+
+
 def reason_for(name: str, value: float, position: int, cluster: int | None = None,
                clusters: int | None = None, near_empty: bool = False) -> str:
     """A short, clinician-readable reason for an item's place in the queue."""
-    if name == "random":
-        return "random draw"
-    if name == "foreground_random":
-        return "random draw, each structure in turn"
-    if name == "entropy":
-        return f"high uncertainty (entropy {value:.2f})"
-    if name == "entropy_foreground":
-        return f"uncertain structure outline (entropy {value:.2f})"
-    if name == "bald":
-        return f"model disagrees with itself (BALD {value:.3f})"
-    if name == "tta":
-        return f"prediction changes under flips and shifts ({value:.3f})"
-    if name == "coreset":
-        return f"unlike the slices labelled so far (pick {position + 1})"
-    if name == "hybrid":
-        return f"uncertain and unlike the others (pick {position + 1})"
-    if name == "fm_disagreement":
-        return f"model and foundation model disagree (1 - Dice {value:.2f})"
-    if near_empty:
+    if name == "cold_start" and near_empty:
         return "near-empty slice (background only), asked last"
-    if cluster is not None and clusters:
+    if name == "cold_start" and cluster is not None and clusters:
         return f"typical of cluster {cluster + 1} of {clusters}"
-    return f"cold-start pick {position + 1}"
+    return REASONS[name].format(v=value, n=position + 1)
 
 
 def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
@@ -512,7 +525,9 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
     Strategies that need batch diversity (coreset, hybrid, cold_start, foreground_random)
     carry it in their scores already; for the pure uncertainty scores, an item whose FM
     embedding is a near-copy (cosine > 0.99) of one already in the same batch of `batch`
-    is moved to the next batch, when the pool has embeddings."""
+    is moved to the next batch, when the pool has embeddings (over the first
+    SPREAD_BATCHES batches; the model is retrained and the pool rescored long before the
+    queue gets further)."""
     if name not in STRATEGIES:
         raise InvalidInput(f"unknown strategy {name!r}: pick one of {', '.join(STRATEGIES)}")
     s = np.asarray(scores, np.float64)
@@ -526,7 +541,10 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
     order = np.lexsort((tie, -s))
     if name in ("entropy", "entropy_foreground", "bald", "tta", "fm_disagreement") \
             and pool.embeddings is not None and len(order) > batch:
-        order = _spread_batches(order, np.asarray(pool.embeddings, np.float64), batch)
+        head = SPREAD_BATCHES * batch  # the queue's front: later batches are rescored first
+        order = np.concatenate([
+            _spread_batches(order[:head], np.asarray(pool.embeddings, np.float64), batch),
+            order[head:]])
     clusters, empty, k = None, None, None
     if name == "cold_start":
         _, clusters, empty = cold_start_clusters(pool, seed)
@@ -538,6 +556,9 @@ def rank(name: str, scores: np.ndarray, pool: Pool, batch: int = 8,
             cluster=None if clusters is None or clusters[i] < 0 else int(clusters[i]),
             clusters=k, near_empty=bool(empty[i]) if empty is not None else False))
     return order, reasons
+
+
+SPREAD_BATCHES = 25
 
 
 def _spread_batches(order: np.ndarray, emb: np.ndarray, batch: int,
