@@ -88,13 +88,18 @@ def test_a_good_model_is_promoted_and_proposes_for_the_pool(store):
         last_label = s.exec(select(Label.id).order_by(Label.id.desc())).first()
     job_id = queue_training(store, bench.project_id)
 
-    serve(store, poll_s=0.05, once=True)  # runs train, then evaluate, then propose
+    # runs train, then evaluate; the promotion queues score (the queue re-ordered by the new
+    # champion, first: it takes seconds) and propose, whose end queues score again
+    serve(store, poll_s=0.05, once=True)
 
     with store.session() as s:
         jobs = s.exec(select(Job).order_by(Job.id)).all()
-        assert [(j.kind, j.status) for j in jobs] == [
+        assert sorted((j.kind, j.status) for j in jobs) == sorted([
             ("train", JobStatus.succeeded), ("evaluate", JobStatus.succeeded),
-            ("propose", JobStatus.succeeded)], [(j.kind, j.status, j.error) for j in jobs]
+            ("score", JobStatus.succeeded), ("propose", JobStatus.succeeded),
+            ("score", JobStatus.succeeded)]), [(j.kind, j.status, j.error) for j in jobs]
+        assert [j.kind for j in sorted(jobs, key=lambda j: j.started_at)] == \
+            ["train", "evaluate", "score", "propose", "score"]
         mv = s.exec(select(ModelVersion).where(ModelVersion.family == "task")).one()
         assert registry.champion(s, bench.project_id).id == mv.id
         assert mv.name == f"task-unet-j{job_id}"

@@ -175,9 +175,12 @@ def test_fm_refined_proposals_credit_the_task_model_that_prompted_them(store, ra
         enqueue(s, "propose", "test", made.project_id, model_version_id=weak)
     serve(store, poll_s=0.05, once=True)
     with store.session() as s:
-        job = s.exec(select(Job)).one()
+        job = s.exec(select(Job).where(Job.kind == "propose")).one()
         assert job.status == JobStatus.succeeded, job.error
         assert "1 FM-refined" in job.message
+        # its end queued the score job (issue 10), which the worker ran next
+        score = s.exec(select(Job).where(Job.kind == "score")).one()
+        assert score.status == JobStatus.succeeded, score.error
         head = labels.head(s, made.pool[0])
         fm_version = s.get(ModelVersion, head.author_model_id)
         assert fm_version.family == "fm" and head.author == fm_version.name

@@ -25,13 +25,13 @@ SIZE = 32
 SLICES = 8
 
 
-def _volume(path) -> None:
+def _volume(path, level: int = 200) -> None:
     """A small MR-like volume: the first two and last slice are empty (background only), the
     others hold a bright disc of growing size."""
     yy, xx = np.mgrid[:SIZE, :SIZE]
     vol = np.zeros((SIZE, SIZE, SLICES), np.int16)
     for k in range(2, SLICES - 1):
-        vol[..., k] = 200 + 40 * ((yy - 16) ** 2 + (xx - 16) ** 2 < (2 + 2 * k) ** 2)
+        vol[..., k] = level + 40 * ((yy - 16) ** 2 + (xx - 16) ** 2 < (2 + 2 * k) ** 2)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
 
 
@@ -268,3 +268,28 @@ def test_the_review_page_says_why_the_item_comes_now(sqlite_store):
         reason = scores.latest_reason(s, int(sub.value.split()[1]))
     assert reason.startswith("typical of cluster 1 of ")
     assert f"Why now: {reason}" in [c.value for c in at.caption]
+
+
+def test_medloop_ingest_queues_one_score_job_unless_told_not_to(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _volume(tmp_path / "vol.nii.gz")
+    _volume(tmp_path / "other.nii.gz", level=300)
+
+    def medloop_ingest(*args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", *args,
+                              "--project", "cli", "--classes", "lesion:1", "--quiet"],
+                             capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr
+
+    medloop_ingest(str(tmp_path / "vol.nii.gz"), "--no-score")
+    with store.session() as s:
+        project = s.exec(select(Project).where(Project.name == "cli")).one()
+    assert _score_jobs(store, project.id) == []
+    medloop_ingest(str(tmp_path / "other.nii.gz"))
+    jobs = _score_jobs(store, project.id)
+    assert len(jobs) == 1 and jobs[0].payload["reasons"] == [f"{SLICES} item(s) imported by cli"]
