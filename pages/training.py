@@ -227,7 +227,8 @@ def _learning_curve(versions: list[ModelVersion]) -> pd.DataFrame:
 
 def _curve_chart(curve: pd.DataFrame) -> alt.Chart:
     base = alt.Chart(curve).encode(
-        x=alt.X("validated labels:Q", title="validated labels trained on"),
+        x=alt.X("validated labels:Q", title="validated labels trained on",
+                scale=alt.Scale(zero=True), axis=alt.Axis(format="d", tickMinStep=1)),
         y=alt.Y("Dice:Q", title="holdout Dice", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="bottom")),
         tooltip=["version", "measure", "validated labels", alt.Tooltip("Dice:Q", format=".3f")])

@@ -294,7 +294,7 @@ def test_training_and_jobs_pages_in_chromium(sqlite_store, registry_project):
         page.get_by_role("link", name="Training").click()
         page.get_by_text("Champion kept:").wait_for(timeout=60_000)
         assert page.get_by_test_id("stMetricValue").first.inner_text() == "task-unet-j2"
-        page.get_by_test_id("stVegaLiteChart").wait_for(timeout=30_000)
+        page.get_by_test_id("stVegaLiteChart").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
         page.get_by_role("link", name="Jobs").click()
         page.get_by_text("the disk is full").wait_for(timeout=60_000)
