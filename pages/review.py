@@ -18,7 +18,7 @@ from sqlmodel import select
 from pages._ui import project_picker
 from pipeline import review_view as rv
 from pipeline.fm import proposals
-from store import labels, queries, review
+from store import labels, queries, review, scores
 from store.errors import MedloopError, StaleEdit
 from store.models import Item, Label, ModelVersion, Project
 
@@ -314,11 +314,11 @@ with side:
     st.subheader(f"Item {item.id}")
     st.caption(f"{item.modality} · {where} · {item.split.value} · "
                f"{item.shape[1]}×{item.shape[0]} px")
-    from store.scores import latest_reason  # why the queue serves this item now (issue 10)
-
-    with store.session() as s:
-        if why := latest_reason(s, item.id):
-            st.caption(f"Why now: {why}")
+    # Why the queue serves this item now; a propagated proposal says so itself, below.
+    if head is None or head.source_label_id is None:
+        with store.session() as s:
+            if why := scores.latest_reason(s, item.id):
+                st.caption(f"Why now: {why}")
     if item.source.value == "synthetic":
         prov = item.provenance or {}
         settings = prov.get("settings") or {k: v for k, v in prov.items()
