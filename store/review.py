@@ -50,23 +50,26 @@ def _last_validated(s: Session, user_id: int, project_id: int) -> tuple | None:
 
 
 def _lead(volume_id: int, axis: int | None, here: int):
-    """A slice of that volume whose head (newest review label) is a propagated proposal,
-    or a neighbour of `here` with no label yet (its propagation may be on its way)."""
+    """(lead, propagated): a slice of that volume whose head (newest review label) is a
+    propagated proposal, or a neighbour of `here` with no label yet (its propagation may be
+    on its way); and whether it is the former (served first at equal distance)."""
     newest = (select(func.max(Label.id)).where(Label.item_id == Item.id,
                                                Label.kind.in_(REVIEW_KINDS))
               .correlate(Item).scalar_subquery())
     bare = ~exists().where(Label.item_id == Item.id, Label.kind.in_(REVIEW_KINDS))
-    return and_(Item.volume_id == volume_id, Item.axis == axis, or_(
-        exists().where(Label.id == newest, Label.source_label_id.is_not(None)),
-        and_(func.abs(Item.slice_index - here) == 1, bare)))
+    propagated = exists().where(Label.id == newest, Label.source_label_id.is_not(None))
+    same_volume = and_(Item.volume_id == volume_id, Item.axis == axis)
+    return (and_(same_volume, or_(propagated, and_(func.abs(Item.slice_index - here) == 1,
+                                                    bare))),
+            and_(same_volume, propagated))
 
 
 def lease_next(store: Store, user_id: int, project_id: int,
                lease: timedelta = LEASE) -> Item | None:
     """The next open item, leased to this user: their current lease first; then, when they
     last validated a slice of a volume, the nearest slice of it whose head is a propagated
-    proposal, or a bare neighbour (so they scroll through the structure); then the highest
-    priority.
+    proposal, or a bare neighbour (so they scroll through the structure; at equal distance a
+    propagated one first); then the highest priority.
 
     Two queries: the user's last validation (newest labels first, stops at the first), and
     the queue itself (the lead's head check runs only on that volume's slices)."""
@@ -77,9 +80,10 @@ def lease_next(store: Store, user_id: int, project_id: int,
         last = _last_validated(s, user_id, project_id)
         if last is not None and last[0] is not None and last[2] is not None:
             volume_id, axis, here = last
-            lead = _lead(volume_id, axis, here)
+            lead, propagated = _lead(volume_id, axis, here)
             order += [case((lead, 0), else_=1),
-                      case((lead, func.abs(Item.slice_index - here)), else_=0)]
+                      case((lead, func.abs(Item.slice_index - here)), else_=0),
+                      case((propagated, 0), else_=1)]
         q = (select(Item).where(_open_queue(project_id, user_id, now))
              .order_by(*order, Item.priority.desc(), Item.id)
              .limit(1))

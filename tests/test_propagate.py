@@ -82,6 +82,20 @@ def test_several_classes_and_components_are_each_followed_to_their_own_ends(fm):
     assert above[:, : 32].any() and above[:, 32:].any()
 
 
+def test_each_slice_is_handed_over_once_when_final_nearest_first(fm):
+    volume = two_class_volume()
+    start = 4
+    handed: list[tuple[int, np.ndarray]] = []
+    result = follow(fm, Embeddings(fm, volume), len(volume.label), start, volume.label[start],
+                    (1, 2), image=volume.image.__getitem__,
+                    on_slice=lambda k, m, steps: handed.append((k, m.copy())))
+    order = [k for k, _ in handed]
+    assert sorted(order) == sorted(result.proposals) and len(set(order)) == len(order)
+    assert [abs(k - start) for k in order] == sorted(abs(k - start) for k in order)
+    for k, m in handed:  # what was handed over is what the walk ended with
+        assert np.array_equal(m, result.proposals[k]), k
+
+
 def test_a_slice_that_may_not_be_proposed_is_followed_through_but_left_alone(fm, phantom):
     volume, embed = phantom
     start = seed_slice(volume)

@@ -223,7 +223,9 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
            per_component_agreement: float = 0.1, limit: int | None = None,
            skip: Callable[[int], bool] | None = None,
            image: Callable[[int], np.ndarray] | None = None,
-           use_fm: bool = True) -> Propagation:
+           use_fm: bool = True,
+           on_slice: Callable[[int, np.ndarray, list[Step]], None] | None = None
+           ) -> Propagation:
     """Propose masks outward from `validated` (the label map of slice `start`).
 
     Immediate neighbours are done first (both directions' first slices before anything
@@ -233,6 +235,9 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
     `image(k)` gives slice k's pixels: with it each step is checked against the pixels (the
     module's docstring); without it the FM's mask alone is followed. `use_fm=False` (with
     `image`) follows the refined neighbour alone (the benchmark's ablation).
+    `on_slice(k, label_map, steps)` is called once per proposed slice as soon as nothing can
+    change it any more (every front has gone past it), nearest first: a job writes the
+    slices while the walk goes on, so the clinician's next slices need not wait for its end.
     """
     rule = rule or DEFAULT_RULE
     if image is None and not use_fm:
@@ -249,7 +254,19 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
                                   if image is not None else None)
             for d in (1, -1):
                 fronts[(int(value), d)] = (start, parts, mask)
+    handed: set[int] = set()
+
+    def hand_over(upto: float) -> None:
+        # A front at distance m writes at m + 1: slices up to the nearest front are final.
+        if on_slice is None:
+            return
+        for k in sorted((k for k in out.proposals if k not in handed and abs(k - start) <= upto),
+                        key=lambda k: abs(k - start)):
+            handed.add(k)
+            on_slice(k, out.proposals[k], [s for s in out.steps if s.slice_index == k and s.kept])
+
     while fronts:
+        hand_over(min(abs(f[0] - start) for f in fronts.values()))
         # the nearest slice first, so the neighbours of `start` come out first
         (value, d), (k, parts, prev_mask) = min(
             fronts.items(), key=lambda kv: (abs(kv[1][0] - start), -kv[0][1], kv[0][0]))
@@ -290,6 +307,7 @@ def follow(fm: FoundationModel, embed: Callable[[int], Embedding], n_slices: int
             target = out.proposals.setdefault(nxt, np.zeros(validated.shape, validated.dtype))
             target[union & (target == 0)] = value
         fronts[(value, d)] = (nxt, components(union) or [union], union)
+    hand_over(float("inf"))
     return out
 
 

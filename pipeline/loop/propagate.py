@@ -5,8 +5,9 @@ over a propagation from a nearer source).
 
 The immediate neighbours come first and are written at once, so the next slice is ready
 while the clinician is still on this one; then the full follow, outward until each
-structure ends. The walk is confined to the slices between the farthest ones it may still
-write on either side: it never embeds a slice it could not use. It reports at every slice
+structure ends, each slice written as soon as the walk is past it. The walk is confined to
+the slices between the farthest ones it may still write on either side: it never embeds a
+slice it could not use. It reports at every slice
 (a cancel acts within one FM step) and stops when the worker does; it keeps no checkpoint
 because a rerun writes nothing twice (a slice already holding this source's proposal is
 left alone) and the embeddings it computed stay cached.
@@ -67,27 +68,28 @@ class _Walk:
                             f"following the structure: {where}", log=False)
             return item_embedding(self.store, self.fm, self.slices[k + lo])
 
-        result = follow(self.fm, embed, hi - lo + 1, self.start - lo, validated, values,
-                        limit=limit, skip=lambda k: not writable.get(k + lo, False),
-                        image=lambda k: _pixels(self.store, self.slices[k + lo]))
-        ious: dict[int, list[float]] = {}
-        for step in result.steps:
-            if step.kept:
-                ious.setdefault(step.slice_index + lo, []).append(step.iou)
-        return self.write({k + lo: m for k, m in result.proposals.items()}, ious)
+        written = 0
 
-    def write(self, proposals: dict[int, np.ndarray], ious: dict[int, list[float]]) -> int:
-        """Each proposal under the store's rules, nearest first; how many were written."""
-        n = 0
-        for k in sorted(proposals, key=lambda k: abs(k - self.start)):
-            sha, _ = self.store.blobs.put_array(proposals[k].astype(np.uint8))
-            iou = float(np.mean(ious[k])) if ious.get(k) else None
-            with self.store.session(immediate=True) as s:
-                label = propagation.record_propagated(
-                    s, self.slices[k].id, sha, self.fm_author[0], self.fm_author[1],
-                    self.source, iou)
-            n += label is not None
-        return n
+        def write(k: int, label_map: np.ndarray, steps: list) -> None:
+            nonlocal written
+            written += self.write_one(k + lo, label_map,
+                                     [st.iou for st in steps if st.source == "fm"])
+
+        follow(self.fm, embed, hi - lo + 1, self.start - lo, validated, values,
+               limit=limit, skip=lambda k: not writable.get(k + lo, False),
+               image=lambda k: _pixels(self.store, self.slices[k + lo]), on_slice=write)
+        return written
+
+    def write_one(self, k: int, label_map: np.ndarray, ious: list[float]) -> int:
+        """One slice's proposal under the store's rules, written as soon as the walk is past
+        it; 1 if it was written."""
+        sha, _ = self.store.blobs.put_array(label_map.astype(np.uint8))
+        iou = float(np.mean(ious)) if ious else None
+        with self.store.session(immediate=True) as s:
+            label = propagation.record_propagated(
+                s, self.slices[k].id, sha, self.fm_author[0], self.fm_author[1],
+                self.source, iou)
+        return int(label is not None)
 
 
 def propagate(store: Store, job: Job, ctx: JobContext) -> dict:
