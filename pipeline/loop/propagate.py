@@ -3,9 +3,9 @@ the unreviewed slices around it (`pipeline.active.propagate.follow`), written un
 store's rules (`store.propagation`: never on a reviewed, leased or human-labelled slice, nor
 over a propagation from a nearer source).
 
-The immediate neighbours come first and are written at once, so the next slice is ready
-while the clinician is still on this one; then the full follow, outward until each
-structure ends, each slice written as soon as the walk is past it. The walk is confined to
+The walk goes outward until each structure ends, each slice written as soon as the walk is
+past it, the immediate neighbours first, so the next slice is ready while the clinician is
+still on this one. The walk is confined to
 the slices between the farthest ones it may still write on either side: it never embeds a
 slice it could not use. It reports at every slice
 (a cancel acts within one FM step) and stops when the worker does; it keeps no checkpoint
@@ -122,16 +122,11 @@ def propagate(store: Store, job: Job, ctx: JobContext) -> dict:
         fm_author = (fmv.id, fm.version)
     walk = _Walk(store, ctx, fm, fm_author, source, slices, start)
     where = f"slice {item.slice_index}"
-    # The neighbours first: the clinician's next slice.
-    near = {k: ok for k, ok in walk.may_write().items() if abs(k - start) <= 1}
-    lo, hi = walk.window(near)
-    first = walk.run(validated, values, lo, hi, near, limit=1) if lo < hi else 0
-    ctx.report(10, f"{first} neighbour slice(s) of {where} proposed")
-    # Then outward until each structure ends, within what may still be written (the
-    # neighbours just written are not: the walk goes through them).
+    # One walk outward until each structure ends, within what may be written; follow hands
+    # each slice over as soon as it is final, the neighbours (the clinician's next slice)
+    # first, so they are written after the first FM steps rather than at the walk's end.
     writable = walk.may_write()
     lo, hi = walk.window(writable)
-    rest = walk.run(validated, values, lo, hi, writable, limit=None) if lo < hi else 0
-    ctx.report(100, f"{first + rest} slice(s) proposed from {where} "
-                    f"({walk.steps} FM step(s))")
-    return {"written": first + rest, "steps": walk.steps}
+    written = walk.run(validated, values, lo, hi, writable, limit=None) if lo < hi else 0
+    ctx.report(100, f"{written} slice(s) proposed from {where} ({walk.steps} FM step(s))")
+    return {"written": written, "steps": walk.steps}
