@@ -17,7 +17,7 @@ from pipeline.fm.preprocess import CT_WINDOWS
 from pipeline.imaging import to_display
 from store import labels, propagation
 from store.db import Store
-from store.models import Item, Label
+from store.models import Item, JobStatus, Label
 
 DISPLAY_PX = 512  # the long side of the image on screen
 CONTEXT_PX = 150  # prev / next slice thumbnails
@@ -406,19 +406,25 @@ def rounded_key(box: Sequence[float], points: Sequence[Sequence[float]],
 # The page waits this long for a propagation on its way to the slice it opens (the
 # neighbour of the one just validated) rather than showing "no proposal".
 PROPAGATION_WAIT_S = 10.0
+# A propagation still queued may be behind a long job (or no worker runs): wait less for it.
+PROPAGATION_QUEUED_WAIT_S = 3.0
 PROPAGATION_POLL_S = 0.25
 
 
 def head_when_ready(store: Store, item: Item, wait_s: float = PROPAGATION_WAIT_S,
-                    poll_s: float = PROPAGATION_POLL_S) -> Label | None:
-    """The item's head; when it has none while a propagation of its volume is queued or
-    running, polls until a proposal lands, that job ends, or `wait_s` passes."""
-    end = time.monotonic() + wait_s
+                    poll_s: float = PROPAGATION_POLL_S,
+                    queued_wait_s: float = PROPAGATION_QUEUED_WAIT_S) -> Label | None:
+    """The item's head; when it has none while a propagation of its volume runs, polls until
+    a proposal lands, that job ends, or `wait_s` passes (`queued_wait_s` while the job has
+    not started: a worker busy elsewhere or none running must not hold the clinician up)."""
+    t0 = time.monotonic()
     while True:
         with store.session() as s:
             head = labels.head(s, item.id)
-            waiting = head is None and propagation.pending(s, item)
-        if not waiting or time.monotonic() >= end:
+            state = propagation.pending(s, item) if head is None else None
+        elapsed = time.monotonic() - t0
+        if state is None or elapsed >= wait_s \
+                or (state == JobStatus.queued and elapsed >= queued_wait_s):
             return head
         time.sleep(poll_s)
 

@@ -150,16 +150,20 @@ def provenance(session: Session, label: Label | None) -> Provenance | None:
     return Provenance(label.author, slice_index, source.author, source.id)
 
 
-def pending(session: Session, item: Item) -> bool:
-    """Whether a propagate job for this item's volume is queued or running (the page waits
-    briefly for it instead of showing "no proposal")."""
+def pending(session: Session, item: Item) -> JobStatus | None:
+    """The state of a propagate job for this item's volume: running if one runs, else
+    queued if one waits, else None (the page waits briefly for it instead of showing "no
+    proposal")."""
     if item.volume_id is None:
-        return False
-    jobs = session.exec(select(Job.payload).where(
+        return None
+    jobs = session.exec(select(Job.payload, Job.status).where(
         Job.kind == KIND, Job.project_id == item.project_id,
         Job.status.in_((JobStatus.queued, JobStatus.running)))).all()
-    volume_of = {p.get("volume_id") for p in jobs}
-    return item.volume_id in volume_of
+    states = {status for payload, status in jobs if payload.get("volume_id") == item.volume_id}
+    for status in (JobStatus.running, JobStatus.queued):
+        if status in states:
+            return status
+    return None
 
 
 def count_propagated(session: Session, item_ids: list[int]) -> int:

@@ -100,6 +100,8 @@ def test_a_validation_queues_a_propagation_that_proposes_the_neighbours(store, t
     nxt = review.lease_next(store, clin, project_id)
     assert abs(nxt.slice_index - start) == 1
     assert rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05) is None  # job queued
+    with store.session() as s:  # queued, not running: the page waits the shorter time
+        assert propagation.pending(s, nxt) == JobStatus.queued
 
     assert _run_queued(store) == [JobStatus.succeeded]
     head = rv.head_when_ready(store, nxt, wait_s=0.2, poll_s=0.05)

@@ -164,7 +164,7 @@ def test_box_replaces_a_wrong_proposal_and_clear_and_no_finding_take_one_click(s
             shown = wait_background_change(page, shown)
             wait_idle(page)
             page.get_by_role("button", name="Clear", exact=True).click()
-            page.get_by_text("empty mask").wait_for(timeout=30_000)
+            page.get_by_text("empty mask", exact=True).wait_for(timeout=30_000)
             wait_idle(page)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "review-cleared.png"), full_page=True)
