@@ -346,9 +346,10 @@ st.selectbox("Which item a clinician is asked next", list(strategies.STRATEGIES)
              format_func=_strategy_label, key=f"strategy-{project.id}",
              on_change=_set_strategy, args=(project.id,))
 st.caption(f"The default, {strategies.LABELS[strategies.DEFAULT_STRATEGY]!r}, was chosen by "
-           "`medloop bench al` (labels needed to reach 95 % of full-data Dice, against "
-           "random). Before the first task model the queue is ordered by the cold start on "
-           "the foundation model's image embeddings.")
+           "`medloop bench al` (the largest area under the learning curve relative to "
+           "full-data Dice, over lesion and tissue slices, against random). Before the first "
+           "task model the queue is ordered by the cold start on the foundation model's "
+           "image embeddings.")
 with store.session() as s:
     scoring = active_job(s, project.id, "score")
 if scoring is not None:
