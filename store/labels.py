@@ -10,6 +10,8 @@ from store.models import Item, Label, LabelKind
 
 # Versions a reviewer sees and builds on; ground truth is for benchmarks and simulations only.
 REVIEW_KINDS = (LabelKind.proposal, LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
+# A review decision: the item is done.
+DONE_KINDS = (LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
 # A clinician's yes: these heads are training data and holdout references.
 VALIDATED = (LabelKind.accepted, LabelKind.corrected)
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func
 from sqlmodel import Session, select
 
 from store import labels
+from store.labels import DONE_KINDS
 from store.models import Item, Job, JobStatus, Label, LabelKind, utcnow
 
 KIND = "propagate"
-DONE_KINDS = (LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
 
 
 def volume_slices(session: Session, item: Item) -> list[Item]:
@@ -164,8 +163,3 @@ def pending(session: Session, item: Item) -> JobStatus | None:
         if status in states:
             return status
     return None
-
-
-def count_propagated(session: Session, item_ids: list[int]) -> int:
-    return session.exec(select(func.count(Label.id)).where(
-        Label.item_id.in_(item_ids), Label.source_label_id.is_not(None))).one()

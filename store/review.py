@@ -18,12 +18,11 @@ from store.auth import require
 from store.db import Store
 from store.errors import InvalidInput, NotFound, StaleEdit
 from store.jobs import enqueue
-from store.labels import REVIEW_KINDS, VALIDATED, head
+from store.labels import DONE_KINDS, REVIEW_KINDS, VALIDATED, head
 from store.models import Item, Label, LabelKind, Project, ReviewSkip, Role, Split, User, utcnow
 from store.retraining import maybe_retrain
 
 LEASE = timedelta(minutes=10)
-DONE_KINDS = (LabelKind.accepted, LabelKind.corrected, LabelKind.rejected)
 REJECT_REASONS = ("poor image quality", "unrealistic synthetic", "ambiguous", "other")
 
 

@@ -56,7 +56,7 @@ class _Walk:
         return lo, hi
 
     def run(self, validated: np.ndarray, values: list[int], lo: int, hi: int,
-            writable: dict[int, bool], limit: int | None) -> int:
+            writable: dict[int, bool]) -> int:
         """follow() over positions lo..hi, its proposals written; how many were."""
         self.span = max(1, hi - lo)
 
@@ -76,7 +76,7 @@ class _Walk:
                                      [st.iou for st in steps if st.source == "fm"])
 
         follow(self.fm, embed, hi - lo + 1, self.start - lo, validated, values,
-               limit=limit, skip=lambda k: not writable.get(k + lo, False),
+               skip=lambda k: not writable.get(k + lo, False),
                image=lambda k: _pixels(self.store, self.slices[k + lo]), on_slice=write)
         return written
 
@@ -127,6 +127,6 @@ def propagate(store: Store, job: Job, ctx: JobContext) -> dict:
     # first, so they are written after the first FM steps rather than at the walk's end.
     writable = walk.may_write()
     lo, hi = walk.window(writable)
-    written = walk.run(validated, values, lo, hi, writable, limit=None) if lo < hi else 0
+    written = walk.run(validated, values, lo, hi, writable) if lo < hi else 0
     ctx.report(100, f"{written} slice(s) proposed from {where} ({walk.steps} FM step(s))")
     return {"written": written, "steps": walk.steps}
